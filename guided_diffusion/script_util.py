@@ -1,0 +1,350 @@
+"""ADM's flag set and factories, plus TOML configs; shared by every script."""
+
+import argparse
+import tomllib
+
+from . import gaussian_diffusion as gd
+from .respace import SpacedDiffusion, space_timesteps
+from .unet import UNetModel
+
+# ADM's per-resolution channel multipliers when --channel_mult is empty.
+DEFAULT_CHANNEL_MULT = {
+    512: (0.5, 1, 1, 2, 2, 4, 4),
+    256: (1, 1, 2, 2, 4, 4),
+    128: (1, 1, 2, 3, 4),
+    64: (1, 2, 3, 4),
+    32: (1, 2, 2, 2),
+}
+
+
+def diffusion_defaults():
+    return dict(
+        learn_sigma=False,
+        diffusion_steps=1000,
+        noise_schedule="linear",
+        timestep_respacing="",
+        use_kl=False,
+        predict_xstart=False,
+        predict_v=False,
+        rescale_timesteps=False,
+        rescale_learned_sigmas=False,
+        weight_schedule="constant",
+        weight_space="target",
+        p2_k=1.0,
+        p2_gamma=1.0,
+        min_snr_gamma=5.0,
+    )
+
+
+def model_and_diffusion_defaults():
+    res = dict(
+        image_size=64,
+        num_channels=128,
+        num_res_blocks=2,
+        num_heads=4,
+        num_heads_upsample=-1,
+        num_head_channels=-1,
+        attention_resolutions="16,8",
+        channel_mult="",
+        dropout=0.0,
+        class_cond=False,
+        num_classes=1000,
+        use_checkpoint=False,
+        use_scale_shift_norm=True,
+        resblock_updown=False,
+        use_fp16=False,
+        use_new_attention_order=False,
+    )
+    res.update(diffusion_defaults())
+    return res
+
+
+def create_model_and_diffusion(
+    image_size,
+    class_cond,
+    learn_sigma,
+    num_channels,
+    num_res_blocks,
+    channel_mult,
+    num_heads,
+    num_head_channels,
+    num_heads_upsample,
+    attention_resolutions,
+    dropout,
+    diffusion_steps,
+    noise_schedule,
+    timestep_respacing,
+    use_kl,
+    predict_xstart,
+    rescale_timesteps,
+    rescale_learned_sigmas,
+    use_checkpoint,
+    use_scale_shift_norm,
+    resblock_updown,
+    use_fp16,
+    use_new_attention_order,
+    num_classes=1000,
+    predict_v=False,
+    weight_schedule="constant",
+    weight_space="target",
+    p2_k=1.0,
+    p2_gamma=1.0,
+    min_snr_gamma=5.0,
+):
+    model = create_model(
+        image_size,
+        num_channels,
+        num_res_blocks,
+        channel_mult=channel_mult,
+        learn_sigma=learn_sigma,
+        class_cond=class_cond,
+        num_classes=num_classes,
+        use_checkpoint=use_checkpoint,
+        attention_resolutions=attention_resolutions,
+        num_heads=num_heads,
+        num_head_channels=num_head_channels,
+        num_heads_upsample=num_heads_upsample,
+        use_scale_shift_norm=use_scale_shift_norm,
+        dropout=dropout,
+        resblock_updown=resblock_updown,
+        use_fp16=use_fp16,
+        use_new_attention_order=use_new_attention_order,
+    )
+    diffusion = create_gaussian_diffusion(
+        steps=diffusion_steps,
+        learn_sigma=learn_sigma,
+        noise_schedule=noise_schedule,
+        use_kl=use_kl,
+        predict_xstart=predict_xstart,
+        predict_v=predict_v,
+        rescale_timesteps=rescale_timesteps,
+        rescale_learned_sigmas=rescale_learned_sigmas,
+        timestep_respacing=timestep_respacing,
+        weight_schedule=weight_schedule,
+        weight_space=weight_space,
+        p2_k=p2_k,
+        p2_gamma=p2_gamma,
+        min_snr_gamma=min_snr_gamma,
+    )
+    return model, diffusion
+
+
+def parse_channel_mult(channel_mult, image_size):
+    if channel_mult in ("", None):
+        if image_size not in DEFAULT_CHANNEL_MULT:
+            raise ValueError(
+                f"no default --channel_mult for --image_size {image_size}; "
+                f"give one (e.g. '1,2,2') or use one of {sorted(DEFAULT_CHANNEL_MULT)}"
+            )
+        return DEFAULT_CHANNEL_MULT[image_size]
+    if isinstance(channel_mult, str):
+        try:
+            return tuple(float(m) if "." in m else int(m) for m in channel_mult.split(","))
+        except ValueError:
+            raise ValueError(f"bad --channel_mult {channel_mult!r}: expected comma-separated numbers") from None
+    return tuple(channel_mult)
+
+
+def parse_attention_resolutions(attention_resolutions, image_size):
+    """Resolutions (e.g. "32,16,8") to the downsampling rates at which the UNet attends."""
+    if isinstance(attention_resolutions, int):
+        attention_resolutions = str(attention_resolutions)
+    if isinstance(attention_resolutions, str):
+        parts = [p for p in attention_resolutions.split(",") if p.strip()]
+    else:
+        parts = list(attention_resolutions)
+    rates = []
+    for part in parts:
+        try:
+            resolution = int(part)
+        except ValueError:
+            raise ValueError(f"bad --attention_resolutions {attention_resolutions!r}: expected integers") from None
+        if resolution < 1 or image_size % resolution:
+            raise ValueError(
+                f"bad --attention_resolutions: {resolution} does not divide --image_size {image_size}"
+            )
+        rates.append(image_size // resolution)
+    return tuple(rates)
+
+
+def create_model(
+    image_size,
+    num_channels,
+    num_res_blocks,
+    channel_mult="",
+    learn_sigma=False,
+    class_cond=False,
+    num_classes=1000,
+    use_checkpoint=False,
+    attention_resolutions="16",
+    num_heads=1,
+    num_head_channels=-1,
+    num_heads_upsample=-1,
+    use_scale_shift_norm=False,
+    dropout=0,
+    resblock_updown=False,
+    use_fp16=False,
+    use_new_attention_order=False,
+):
+    return UNetModel(
+        image_size=image_size,
+        in_channels=3,
+        model_channels=num_channels,
+        out_channels=(3 if not learn_sigma else 6),
+        num_res_blocks=num_res_blocks,
+        attention_resolutions=parse_attention_resolutions(attention_resolutions, image_size),
+        dropout=dropout,
+        channel_mult=parse_channel_mult(channel_mult, image_size),
+        num_classes=(num_classes if class_cond else None),
+        use_checkpoint=use_checkpoint,
+        use_fp16=use_fp16,
+        num_heads=num_heads,
+        num_head_channels=num_head_channels,
+        num_heads_upsample=num_heads_upsample,
+        use_scale_shift_norm=use_scale_shift_norm,
+        resblock_updown=resblock_updown,
+        use_new_attention_order=use_new_attention_order,
+    )
+
+
+def model_mean_type(predict_xstart=False, predict_v=False):
+    if predict_xstart and predict_v:
+        raise ValueError("--predict_xstart and --predict_v are exclusive: choose one prediction target")
+    if predict_xstart:
+        return gd.ModelMeanType.START_X
+    if predict_v:
+        return gd.ModelMeanType.VELOCITY
+    return gd.ModelMeanType.EPSILON
+
+
+def create_gaussian_diffusion(
+    *,
+    steps=1000,
+    learn_sigma=False,
+    sigma_small=False,
+    noise_schedule="linear",
+    use_kl=False,
+    predict_xstart=False,
+    predict_v=False,
+    rescale_timesteps=False,
+    rescale_learned_sigmas=False,
+    timestep_respacing="",
+    weight_schedule="constant",
+    weight_space="target",
+    p2_k=1.0,
+    p2_gamma=1.0,
+    min_snr_gamma=5.0,
+):
+    betas = gd.get_named_beta_schedule(noise_schedule, steps)
+    if use_kl:
+        loss_type = gd.LossType.RESCALED_KL
+    elif rescale_learned_sigmas:
+        loss_type = gd.LossType.RESCALED_MSE
+    else:
+        loss_type = gd.LossType.MSE
+    if learn_sigma:
+        var_type = gd.ModelVarType.LEARNED_RANGE
+    else:
+        var_type = gd.ModelVarType.FIXED_SMALL if sigma_small else gd.ModelVarType.FIXED_LARGE
+    return SpacedDiffusion(
+        use_timesteps=space_timesteps(steps, timestep_respacing or [steps]),
+        betas=betas,
+        model_mean_type=model_mean_type(predict_xstart, predict_v),
+        model_var_type=var_type,
+        loss_type=loss_type,
+        rescale_timesteps=rescale_timesteps,
+        loss_weighting=dict(
+            name=weight_schedule,
+            weight_space=weight_space,
+            p2_k=p2_k,
+            p2_gamma=p2_gamma,
+            min_snr_gamma=min_snr_gamma,
+        ),
+    )
+
+
+def str2bool(v):
+    """argparse type for ADM's `--flag True/False` booleans."""
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if v.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected, got {v!r}")
+
+
+def add_dict_to_argparser(parser, default_dict):
+    for k, v in default_dict.items():
+        v_type = type(v)
+        if v is None:
+            v_type = str
+        elif isinstance(v, bool):
+            v_type = str2bool
+        parser.add_argument(f"--{k}", default=v, type=v_type)
+
+
+def args_to_dict(args, keys):
+    return {k: getattr(args, k) for k in keys}
+
+
+def _coerce(key, value, default):
+    """Give a config value the type of the flag's default, as argparse would."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(default, str) and isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not type(default):
+        raise ValueError(f"config key {key!r} must be a {type(default).__name__}, got {value!r}")
+    return value
+
+
+def load_config(path, defaults):
+    """Read a TOML config of flag values; tables are flattened (their names are only headings).
+
+    Every key must be one of `defaults`' keys; values take the type of the default.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"--config {path}: not valid TOML ({e})") from None
+    flat = {}
+    for key, value in raw.items():
+        entries = value.items() if isinstance(value, dict) else [(key, value)]
+        for k, v in entries:
+            if k in flat:
+                raise ValueError(f"--config {path}: key {k!r} is given twice")
+            flat[k] = v
+    unknown = sorted(set(flat) - set(defaults))
+    if unknown:
+        raise ValueError(f"--config {path}: unknown key(s) {', '.join(unknown)}")
+    return {k: _coerce(k, v, defaults[k]) for k, v in flat.items()}
+
+
+def parse_args_with_config(parser, defaults, argv):
+    """Parse `argv` where `--config FILE` supplies defaults and explicit flags override the file."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**load_config(known.config, defaults))
+    return parser.parse_args(argv)
+
+
+def create_argparser(defaults, description=None):
+    """An ADM-style parser: one `--key value` flag per default, plus `--config`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=None, help="TOML file of flag values; flags given here override it")
+    add_dict_to_argparser(parser, defaults)
+    return parser
