@@ -1,4 +1,4 @@
-"""Small building blocks shared by the UNet, the diffusion losses and the training loop.
+"""Small building blocks shared by the UNet and the training loop.
 
 Names and behaviour follow ADM (Dhariwal & Nichol, 2021) so that its checkpoints and
 call sites work unchanged.
@@ -86,11 +86,6 @@ def checkpoint(func, inputs, enabled):
     if enabled and torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(func, *inputs, use_reentrant=False)
     return func(*inputs)
-
-
-def mean_flat(tensor):
-    """Mean over every dimension except the batch dimension."""
-    return tensor.mean(dim=list(range(1, tensor.ndim)))
 
 
 @torch.no_grad()
