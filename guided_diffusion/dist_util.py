@@ -1,0 +1,194 @@
+"""Process-group setup for one process, `mpiexec -n N`, or `torchrun --nproc_per_node N`.
+
+API (every helper also works before `setup_dist()` or after `cleanup()`, as one process):
+
+- `setup_dist(backend=None)`: join the job's process group; idempotent. The launcher is
+  detected from the environment:
+    * torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
+    * MPI (mpich/Intel MPI: PMI_RANK/PMI_SIZE; Open MPI: OMPI_COMM_WORLD_RANK/SIZE; PMIx:
+      PMIX_RANK; MVAPICH: MV2_COMM_WORLD_RANK): mpi4py is imported only then; rank 0
+      broadcasts its address (MASTER_ADDR if set, else its hostname's) and a free port, and the local rank comes from the ranks
+      sharing this node;
+    * otherwise a single process, which still gets a one-member group on a free local
+      port so that collective code paths (DDP, all_reduce) run unchanged.
+  The backend is NCCL when CUDA is available (one GPU per local rank, selected with
+  `torch.cuda.set_device`) and gloo otherwise.
+- `dev()`: this rank's device (its GPU, or the CPU).
+- `get_rank()`, `get_world_size()`, `get_local_rank()`, `is_main()` (rank 0),
+  `launcher()` ("torchrun", "mpi" or "single").
+- `barrier()`: wait for every rank.
+- `sync_params(params)`: overwrite every rank's tensors with rank 0's.
+- `load_state_dict(path, map_location=None)`: rank 0 reads `path` (local or gs://, az://
+  through blobfile) and broadcasts the bytes; every rank returns `torch.load` of them.
+  Must be called by every rank.
+- `cleanup()`: leave the process group.
+"""
+
+import io
+import os
+import socket
+
+import blobfile as bf
+import torch
+import torch.distributed as dist
+
+# Broadcast large files in pieces: a single multi-GB message overflows some transports.
+_BROADCAST_CHUNK_BYTES = 1 << 28
+
+_MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+_state = {"launcher": None, "local_rank": 0}
+
+
+def launcher():
+    """How this job was started: "torchrun", "mpi" or "single" (None before `setup_dist`)."""
+    return _state["launcher"]
+
+
+def detect_launcher(environ=None):
+    environ = os.environ if environ is None else environ
+    if all(k in environ for k in _TORCHRUN_VARS):
+        return "torchrun"
+    if any(k in environ for k in _MPI_RANK_VARS):
+        return "mpi"
+    return "single"
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return s.getsockname()[1]
+
+
+def _mpi_rendezvous():
+    """rank, world size, local rank and the init URL, agreed over MPI."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, world_size = comm.Get_rank(), comm.Get_size()
+    if rank == 0:
+        # MASTER_ADDR overrides the hostname lookup on nodes whose name resolves to loopback.
+        host = os.environ.get("MASTER_ADDR") or socket.gethostbyname(socket.getfqdn())
+        address = (host, _free_port())
+    else:
+        address = None
+    host, port = comm.bcast(address, root=0)
+    local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank).Get_rank()
+    return rank, world_size, local_rank, f"tcp://{host}:{port}"
+
+
+def setup_dist(backend=None):
+    """Join the process group of however this job was launched (see the module docstring)."""
+    if dist.is_initialized():
+        return
+    kind = detect_launcher()
+    if kind == "torchrun":
+        rank = int(os.environ["RANK"])
+        world_size = int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ["LOCAL_RANK"])
+        init_method = "env://"
+    elif kind == "mpi":
+        rank, world_size, local_rank, init_method = _mpi_rendezvous()
+    else:
+        rank, world_size, local_rank = 0, 1, 0
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
+    _state["launcher"] = kind
+    _state["local_rank"] = local_rank
+
+
+def dev():
+    if torch.cuda.is_available():
+        return torch.device("cuda", _state["local_rank"] % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def get_rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def get_local_rank():
+    return _state["local_rank"]
+
+
+def is_main():
+    return get_rank() == 0
+
+
+def barrier():
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _comm_device():
+    """Where collective tensors must live for the group's backend."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return dev()
+    return torch.device("cpu")
+
+
+def sync_params(params):
+    """Copy rank 0's values into every rank's tensors (in place)."""
+    if get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data if isinstance(p, torch.nn.Parameter) else p, src=0)
+
+
+def broadcast_bytes(data):
+    """Rank 0's `data` (bytes) on every rank; other ranks pass None."""
+    if get_world_size() == 1:
+        return data
+    device = _comm_device()
+    length = torch.tensor([len(data) if is_main() else 0], dtype=torch.long, device=device)
+    dist.broadcast(length, src=0)
+    total = int(length.item())
+    buffer = bytearray(data) if is_main() else bytearray(total)
+    for start in range(0, total, _BROADCAST_CHUNK_BYTES):
+        stop = min(start + _BROADCAST_CHUNK_BYTES, total)
+        if is_main():
+            chunk = torch.frombuffer(buffer, dtype=torch.uint8, offset=start, count=stop - start).to(device)
+        else:
+            chunk = torch.empty(stop - start, dtype=torch.uint8, device=device)
+        dist.broadcast(chunk, src=0)
+        if not is_main():
+            buffer[start:stop] = chunk.cpu().numpy().tobytes()
+    return bytes(buffer)
+
+
+def load_state_dict(path, map_location=None, weights_only=True):
+    """`torch.load` of a local or blobfile path, read once by rank 0 and shared; call on every rank."""
+    data = None
+    error = None
+    if is_main():
+        try:
+            with bf.BlobFile(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            error = f"{path}: no such file"
+    if get_world_size() > 1:
+        flag = [error]
+        dist.broadcast_object_list(flag, src=0, device=_comm_device())
+        error = flag[0]
+    if error is not None:
+        raise FileNotFoundError(error)
+    data = broadcast_bytes(data)
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
+
+
+def cleanup():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _state["launcher"] = None
+    _state["local_rank"] = 0
