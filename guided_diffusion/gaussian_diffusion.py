@@ -26,6 +26,11 @@ def get_named_beta_schedule(schedule_name, num_diffusion_timesteps):
     if num_diffusion_timesteps < 1:
         raise ValueError(f"--diffusion_steps must be at least 1, got {num_diffusion_timesteps}")
     if schedule_name == "linear":
+        if num_diffusion_timesteps <= 50:
+            raise ValueError(
+                f"the linear schedule reaches beta >= 1 at --diffusion_steps {num_diffusion_timesteps}; "
+                "use more than 50 steps or --noise_schedule cosine"
+            )
         scale = 1000 / num_diffusion_timesteps
         return np.linspace(scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
     if schedule_name == "cosine":
@@ -135,8 +140,9 @@ class GaussianDiffusion:
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
         self.log_one_minus_alphas_cumprod = np.log(1.0 - self.alphas_cumprod)
-        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
-        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
+        with np.errstate(divide="ignore"):  # a_T = 0 is legal; the weighting check below reports it
+            self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+            self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
 
         # q(x_{t-1} | x_t, x_0)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
