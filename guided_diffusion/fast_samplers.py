@@ -1,0 +1,145 @@
+"""Few-step ODE sampling of ADM checkpoints with DPM-Solver++ or UniPC.
+
+The solvers need a continuous-time data prediction x0(x, t). This module builds
+it from an ADM model and its (unspaced) GaussianDiffusion: the model is called
+with ADM's timestep indices, the eps half of a learned-sigma output is kept,
+x0- and v-predictions are converted to eps, and eps to x0
+(x0 = (x - sigma eps) / alpha). `fast_sample` is the entry point for scripts.
+"""
+
+import math
+
+import torch
+
+from .dpm_solver import sample_dpm_solver_pp
+from .gaussian_diffusion import ModelMeanType
+from .noise_schedule import DiscreteNoiseSchedule, sampling_times
+from .unipc import sample_unipc
+
+FAST_SAMPLERS = {"dpm_solver": sample_dpm_solver_pp, "unipc": sample_unipc}
+
+_CONVERTIBLE_MEAN_TYPES = (ModelMeanType.EPSILON, ModelMeanType.START_X, ModelMeanType.VELOCITY)
+
+
+def mean_prediction(output, x):
+    """The mean-parameterisation channels of a model output: all C of them, or the first C of 2C (learned sigma)."""
+    channels = x.shape[1]
+    if output.shape[0] != x.shape[0] or output.shape[2:] != x.shape[2:]:
+        raise ValueError(f"model output shape {tuple(output.shape)} does not match input shape {tuple(x.shape)}")
+    if output.shape[1] == channels:
+        return output
+    if output.shape[1] == 2 * channels:
+        return output[:, :channels]
+    raise ValueError(f"model output has {output.shape[1]} channels; expected {channels} or {2 * channels}")
+
+
+def eps_model(model, model_mean_type, noise_schedule, model_kwargs=None, rescale_timesteps=False):
+    """A callable (x, t) -> eps at continuous time t, from an ADM model called as model(x, timesteps, **model_kwargs).
+
+    Timesteps are ADM's float indices (t - 1/N) * N, times 1000/N when the
+    diffusion was built with rescale_timesteps. v = alpha eps - sigma x0 with
+    x = alpha x0 + sigma eps gives eps = sigma x + alpha v.
+    """
+    if model_mean_type not in _CONVERTIBLE_MEAN_TYPES:
+        raise ValueError(f"fast samplers need an eps, x0 or v model, not {model_mean_type}")
+    kwargs = dict(model_kwargs or {})
+    index_scale = 1000.0 / noise_schedule.num_timesteps if rescale_timesteps else 1.0
+
+    def eps_fn(x, t):
+        index = noise_schedule.model_timestep(t) * index_scale
+        index_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        timesteps = torch.full((x.shape[0],), index, device=x.device, dtype=index_dtype)
+        prediction = mean_prediction(model(x, timesteps, **kwargs), x)
+        if model_mean_type == ModelMeanType.EPSILON:
+            return prediction
+        alpha, sigma = noise_schedule.alpha(t), noise_schedule.sigma(t)
+        if model_mean_type == ModelMeanType.START_X:
+            return (x - alpha * prediction) / sigma
+        return sigma * x + alpha * prediction
+
+    return eps_fn
+
+
+def dynamic_threshold(x0, ratio=0.995):
+    """Imagen's dynamic thresholding (used by DPM-Solver++ for pixel models): clip to the per-sample
+    `ratio`-quantile s of |x0| (at least 1) and divide by s, so the result lies in [-1, 1]."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"thresholding ratio must be in (0, 1], got {ratio!r}")
+    flat = x0.abs().reshape(x0.shape[0], -1)
+    # The 'higher' order statistic, as torch.quantile(..., interpolation="higher"), which refuses large inputs.
+    rank = math.ceil(ratio * (flat.shape[1] - 1)) + 1
+    scale = flat.kthvalue(rank, dim=1).values.clamp(min=1.0).view(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, scale), -scale) / scale
+
+
+def data_prediction(eps_fn, noise_schedule, thresholding=False, thresholding_ratio=0.995):
+    """A callable (x, t) -> x0 = (x - sigma_t eps) / alpha_t, optionally dynamically thresholded."""
+
+    def data_fn(x, t):
+        x0 = (x - noise_schedule.sigma(t) * eps_fn(x, t)) / noise_schedule.alpha(t)
+        return dynamic_threshold(x0, thresholding_ratio) if thresholding else x0
+
+    return data_fn
+
+
+def solve(name, data_fn, x_T, noise_schedule, steps, order=3, skip_type="time_uniform", variant="bh2",
+          lower_order_final=True, progress=False):
+    """Integrate the probability-flow ODE from t = 1 to t = 1/N with `steps` model evaluations."""
+    if name not in FAST_SAMPLERS:
+        raise ValueError(f"unknown --sampler {name!r}; expected one of {', '.join(FAST_SAMPLERS)}")
+    times = sampling_times(noise_schedule, skip_type, steps)
+    options = {"variant": variant} if name == "unipc" else {}
+    return FAST_SAMPLERS[name](
+        data_fn, x_T, noise_schedule, times, order=order, lower_order_final=lower_order_final, progress=progress,
+        **options,
+    )
+
+
+def fast_sample(
+    name,
+    model,
+    diffusion,
+    shape=None,
+    *,
+    x_T=None,
+    steps=20,
+    order=3,
+    skip_type="time_uniform",
+    variant="bh2",
+    model_kwargs=None,
+    noise_source=None,
+    device=None,
+    lower_order_final=True,
+    thresholding=False,
+    progress=False,
+):
+    """Samples from an ADM model with DPM-Solver++ ('dpm_solver') or UniPC ('unipc') in `steps` evaluations.
+
+    `diffusion` is the unspaced GaussianDiffusion the model was trained with
+    (its alphas_cumprod, model_mean_type and rescale_timesteps are read).
+    The start x_T is given, or drawn with shape `shape` from
+    `noise_source.randn_like` (e.g. guided_diffusion.noise.IndexedNoise) or
+    torch.randn; nothing else is random. `variant` ('bh1' or 'bh2') is
+    UniPC's B(h) and is not used by dpm_solver. Returns x at t = 1/N, in the
+    model's data scale (not clipped).
+    """
+    if getattr(diffusion, "original_num_steps", diffusion.num_timesteps) != diffusion.num_timesteps:
+        raise ValueError("fast samplers need the unspaced diffusion: leave --timestep_respacing empty")
+    noise_schedule = DiscreteNoiseSchedule(diffusion.alphas_cumprod)
+    eps_fn = eps_model(
+        model, diffusion.model_mean_type, noise_schedule, model_kwargs,
+        rescale_timesteps=getattr(diffusion, "rescale_timesteps", False),
+    )
+    data_fn = data_prediction(eps_fn, noise_schedule, thresholding=thresholding)
+    if x_T is None:
+        if shape is None:
+            raise ValueError("fast_sample needs either shape or x_T")
+        if device is None:
+            device = next(model.parameters()).device
+        blank = torch.empty(tuple(shape), device=device)
+        x_T = noise_source.randn_like(blank) if noise_source is not None else torch.randn_like(blank)
+    with torch.no_grad():
+        return solve(
+            name, data_fn, x_T, noise_schedule, steps, order=order, skip_type=skip_type, variant=variant,
+            lower_order_final=lower_order_final, progress=progress,
+        )
