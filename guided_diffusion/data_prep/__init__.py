@@ -1,0 +1,106 @@
+"""Dataset preparation: the paper's six datasets and an embedded default, as folders of PNGs.
+
+`prepare_dataset(name, source, out_dir, ...)` is the entry point; each dataset
+lives in its own module, named in `DATASET_MODULES`.
+"""
+
+import importlib
+
+from guided_diffusion.data_prep.common import (
+    DatasetPreparationWarning,
+    OutputFolderError,
+    PrepareResult,
+    UnreadableImagesError,
+    prepare,
+)
+from guided_diffusion.data_prep.sources import DatasetSourceError
+
+DATASET_MODULES = {
+    "ffhq": "guided_diffusion.data_prep.ffhq",
+    "celebahq": "guided_diffusion.data_prep.celebahq",
+    "afhq_dog": "guided_diffusion.data_prep.afhq_dog",
+    "metfaces": "guided_diffusion.data_prep.metfaces",
+    "cifar10": "guided_diffusion.data_prep.cifar10",
+    "imagenet": "guided_diffusion.data_prep.imagenet",
+    "embedded": "guided_diffusion.data_prep.embedded",
+}
+GENERATED_DATASETS = frozenset({"embedded"})
+
+
+class UnknownDatasetError(ValueError):
+    pass
+
+
+def dataset_spec(name):
+    if name not in DATASET_MODULES:
+        raise UnknownDatasetError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASET_MODULES))}")
+    return importlib.import_module(DATASET_MODULES[name]).SPEC
+
+
+def prepare_dataset(
+    name,
+    source,
+    out_dir,
+    *,
+    image_size=None,
+    workers=None,
+    strict=False,
+    seed=None,
+    num_images=None,
+    progress=True,
+):
+    """Prepare dataset `name` from `source` (a path; None for the embedded dataset) into `out_dir`.
+
+    `image_size` defaults to the dataset's (256; 32 for CIFAR-10 and the
+    embedded faces). `seed` and `num_images` apply only to the embedded
+    dataset. Returns a `PrepareResult`.
+    """
+    spec = dataset_spec(name)
+    image_size = spec.default_image_size if image_size is None else image_size
+    if name in GENERATED_DATASETS:
+        if source is not None:
+            raise ValueError(f"the {name} dataset is generated and takes no source, got {source}")
+        embedded = importlib.import_module(DATASET_MODULES[name])
+        seed = 0 if seed is None else seed
+        num_images = embedded.DEFAULT_NUM_IMAGES if num_images is None else num_images
+        return prepare(
+            embedded.EmbeddedSource(seed, num_images, image_size),
+            out_dir,
+            dataset=name,
+            image_size=image_size,
+            expected_count=num_images,
+            class_cond=spec.class_cond,
+            workers=workers,
+            strict=strict,
+            progress=progress,
+            settings={"seed": seed},
+        )
+    for flag, value in (("--seed", seed), ("--num_images", num_images)):
+        if value is not None:
+            raise ValueError(f"{flag} applies only to generated datasets ({', '.join(sorted(GENERATED_DATASETS))})")
+    if source is None:
+        raise ValueError(f"the {name} dataset needs a source path")
+    return prepare(
+        spec.open_source(source),
+        out_dir,
+        dataset=name,
+        image_size=image_size,
+        expected_count=spec.expected_count,
+        class_cond=spec.class_cond,
+        workers=workers,
+        strict=strict,
+        progress=progress,
+    )
+
+
+__all__ = [
+    "DATASET_MODULES",
+    "DatasetPreparationWarning",
+    "DatasetSourceError",
+    "OutputFolderError",
+    "PrepareResult",
+    "UnknownDatasetError",
+    "UnreadableImagesError",
+    "dataset_spec",
+    "prepare_dataset",
+]
