@@ -307,10 +307,17 @@ def _coerce(key, value, default):
     return value
 
 
-def load_config(path, defaults):
-    """Read a TOML config of flag values; tables are flattened (their names are only headings).
+# Tables a config may hold. Each script reads some: training reads model, diffusion
+# and train; sampling reads model, diffusion and sample; so one file per dataset serves both.
+CONFIG_SECTIONS = ("model", "diffusion", "train", "sample")
 
-    Every key must be one of `defaults`' keys; values take the type of the default.
+
+def load_config(path, defaults, sections=None):
+    """Read a TOML config of flag values.
+
+    Top-level keys and the keys of the tables named in `sections` (every table
+    when None) must be keys of `defaults` and take their types; tables of
+    CONFIG_SECTIONS not in `sections` belong to other scripts and are skipped.
     """
     try:
         with open(path, "rb") as f:
@@ -321,7 +328,14 @@ def load_config(path, defaults):
         raise ValueError(f"--config {path}: not valid TOML ({e})") from None
     flat = {}
     for key, value in raw.items():
-        entries = value.items() if isinstance(value, dict) else [(key, value)]
+        if isinstance(value, dict):
+            if key not in CONFIG_SECTIONS:
+                raise ValueError(f"--config {path}: unknown table [{key}]; expected {', '.join(CONFIG_SECTIONS)}")
+            if sections is not None and key not in sections:
+                continue
+            entries = value.items()
+        else:
+            entries = [(key, value)]
         for k, v in entries:
             if k in flat:
                 raise ValueError(f"--config {path}: key {k!r} is given twice")
@@ -332,13 +346,13 @@ def load_config(path, defaults):
     return {k: _coerce(k, v, defaults[k]) for k, v in flat.items()}
 
 
-def parse_args_with_config(parser, defaults, argv):
+def parse_args_with_config(parser, defaults, argv, sections=None):
     """Parse `argv` where `--config FILE` supplies defaults and explicit flags override the file."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.config:
-        parser.set_defaults(**load_config(known.config, defaults))
+        parser.set_defaults(**load_config(known.config, defaults, sections))
     return parser.parse_args(argv)
 
 

@@ -113,3 +113,18 @@ def test_class_conditional_model_takes_labels():
     assert model.label_emb.num_embeddings == 10
     losses = diffusion.training_losses(model, th.zeros(2, 3, 32, 32), th.tensor([1, 900]), model_kwargs={"y": th.tensor([0, 9])})
     assert th.isfinite(losses["loss"]).all()
+
+
+def test_config_sections_let_one_file_serve_training_and_sampling(tmp_path):
+    from guided_diffusion.script_util import load_config
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[model]\nimage_size = 32\n[train]\nlr = 2e-5\n[sample]\nbatch_size = 64\n")
+    defaults = {**model_and_diffusion_defaults(), "batch_size": 16}
+    assert load_config(cfg, defaults, sections=("model", "diffusion", "sample")) == {"image_size": 32, "batch_size": 64}
+    with pytest.raises(ValueError, match="unknown key\\(s\\) lr"):
+        load_config(cfg, defaults, sections=("model", "train"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training]\nlr = 1\n")
+    with pytest.raises(ValueError, match="unknown table \\[training\\]"):
+        load_config(bad, defaults)
