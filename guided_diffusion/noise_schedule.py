@@ -22,7 +22,9 @@ class DiscreteNoiseSchedule:
     def __init__(self, alphas_cumprod):
         alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
         if alphas_cumprod.ndim != 1 or alphas_cumprod.size < 2:
-            raise ValueError(f"alphas_cumprod must be a 1-D array of at least 2 steps, got shape {alphas_cumprod.shape}")
+            raise ValueError(
+                f"alphas_cumprod must be a 1-D array of at least 2 steps, got shape {alphas_cumprod.shape}"
+            )
         if not ((alphas_cumprod > 0) & (alphas_cumprod < 1)).all():
             raise ValueError("alphas_cumprod must lie strictly between 0 and 1")
         if not (np.diff(alphas_cumprod) < 0).all():

@@ -202,7 +202,8 @@ def test_wrapper_rejects_unusable_models():
     with pytest.raises(ValueError, match="channels"):
         eps_model(RecordingModel(3), ModelMeanType.EPSILON, schedule)(torch.zeros(2, 1, 2, 2), 0.5)
     x = torch.zeros(2, 3, 4, 4)
-    torch.testing.assert_close(mean_prediction(torch.arange(192.0).view(2, 6, 4, 4), x), torch.arange(192.0).view(2, 6, 4, 4)[:, :3])
+    learned_sigma_output = torch.arange(192.0).view(2, 6, 4, 4)
+    torch.testing.assert_close(mean_prediction(learned_sigma_output, x), learned_sigma_output[:, :3])
 
 
 @pytest.mark.parametrize("name,order,variant", [("dpm_solver", 3, "bh2"), ("unipc", 2, "bh1")])
