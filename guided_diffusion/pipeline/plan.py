@@ -1,0 +1,247 @@
+"""Reproduction plans: a TOML file naming the grid of datasets, weightings, checkpoints and samplers.
+
+A plan looks like
+
+    [plan]
+    name = "table1"
+    root = "work/table1"          # data/, refs/, runs/, samples/, results/ go below it
+    launcher = "mpiexec"          # local | mpiexec | torchrun | slurm
+    nproc = 8
+
+    [train]                        # flags for scripts/image_train.py, for every run
+    max_steps = 500000
+    save_interval = 50000
+
+    [sample]
+    num_samples = 50000
+    batch_size = 64
+    samplers = [{ sampler = "ddpm", steps = [1000, 500, 250, 100] }]
+
+    [[datasets]]
+    name = "ffhq"                  # a dataset of guided_diffusion.data_prep
+    source = "downloads/ffhq.zip"  # or data_dir = "..." for an already prepared folder
+    config = "configs/ffhq.toml"
+    runs = ["constant", "p2", "min_snr", "debias"]   # weighting, or weighting@target (eps|x0|v)
+    iterations = [500000]          # which checkpoints to sample and evaluate
+
+Any table may also appear inside a [[datasets]] entry to override the plan-wide one for that dataset.
+"""
+
+import dataclasses
+import os
+import tomllib
+
+from ..weighting import WEIGHT_SCHEDULES
+
+LAUNCHERS = ("local", "mpiexec", "torchrun", "slurm")
+TARGETS = ("eps", "x0", "v")
+TARGET_FLAGS = {"eps": {}, "x0": {"predict_xstart": True}, "v": {"predict_v": True}}
+SAMPLERS = ("ddpm", "ddim", "dpm_solver", "unipc")
+
+
+class PlanError(ValueError):
+    """A plan file that cannot be run as written."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One trained model: a weighting and a prediction target."""
+
+    weight_schedule: str
+    target: str = "eps"
+
+    @property
+    def name(self):
+        return self.weight_schedule if self.target == "eps" else f"{self.weight_schedule}@{self.target}"
+
+    @property
+    def dir_name(self):
+        return self.weight_schedule if self.target == "eps" else f"{self.target}_{self.weight_schedule}"
+
+    @classmethod
+    def parse(cls, text, where):
+        weighting, _, target = str(text).partition("@")
+        target = target or "eps"
+        if target not in TARGETS:
+            raise PlanError(f"{where}: run {text!r} has target {target!r}; expected one of {', '.join(TARGETS)}")
+        if weighting not in WEIGHT_SCHEDULES:
+            raise PlanError(
+                f"{where}: run {text!r} names weighting {weighting!r}; expected one of {', '.join(sorted(WEIGHT_SCHEDULES))}"
+            )
+        return cls(weighting, target)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSetting:
+    """A sampler at a step count, optionally only for some checkpoints and runs of the dataset."""
+
+    sampler: str
+    steps: int
+    iterations: tuple = ()
+    runs: tuple = ()
+
+    def applies_to(self, iteration, run):
+        return (not self.iterations or iteration in self.iterations) and (not self.runs or run.name in self.runs)
+
+    @property
+    def name(self):
+        return f"{self.sampler}{self.steps}"
+
+    def respacing(self):
+        """The --timestep_respacing string: DDIM uses ADM's exact stride spacing."""
+        return f"ddim{self.steps}" if self.sampler == "ddim" else str(self.steps)
+
+
+@dataclasses.dataclass
+class DatasetPlan:
+    name: str
+    config: str
+    data_dir: str
+    source: str | None
+    prepare_args: dict
+    runs: list
+    iterations: list
+    train: dict
+    sample: dict
+    samplers: list
+    evaluate: dict
+    ref: str | None
+
+
+@dataclasses.dataclass
+class Plan:
+    path: str
+    name: str
+    root: str
+    launcher: str
+    nproc: int
+    slurm: dict
+    datasets: list
+    figures: dict
+    report: dict
+
+    def under_root(self, *parts):
+        return os.path.join(self.root, *parts)
+
+
+def _table(raw, key, where):
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise PlanError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _merged(plan_wide, per_dataset):
+    merged = dict(plan_wide)
+    merged.update(per_dataset)
+    return merged
+
+
+def _samplers(sample, where):
+    settings = []
+    for entry in sample.get("samplers", [{"sampler": "ddpm", "steps": [1000]}]):
+        sampler = entry.get("sampler")
+        if sampler not in SAMPLERS:
+            raise PlanError(f"{where}: sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        steps = entry.get("steps", [])
+        if not steps or any(not isinstance(s, int) or s < 1 for s in steps):
+            raise PlanError(f"{where}: sampler {sampler} needs a list of positive step counts, got {steps!r}")
+        iterations = tuple(int(i) for i in entry.get("iterations", ()))
+        runs = tuple(Run.parse(r, where).name for r in entry.get("runs", ()))
+        unknown = set(entry) - {"sampler", "steps", "iterations", "runs"}
+        if unknown:
+            raise PlanError(f"{where}: sampler entry has unknown key(s) {', '.join(sorted(unknown))}")
+        settings.extend(SamplerSetting(sampler, s, iterations, runs) for s in steps)
+    return settings
+
+
+def load_plan(path, root=None):
+    """Read and check a plan; `root` overrides [plan].root."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise PlanError(f"plan {path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PlanError(f"plan {path}: not valid TOML ({e})") from None
+    known = {"plan", "train", "sample", "evaluate", "prepare", "datasets", "figures", "report", "slurm"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise PlanError(f"plan {path}: unknown table(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
+    head = _table(raw, "plan", path)
+    launcher = head.get("launcher", "local")
+    if launcher not in LAUNCHERS:
+        raise PlanError(f"plan {path}: launcher {launcher!r}; expected one of {', '.join(LAUNCHERS)}")
+    nproc = int(head.get("nproc", 1))
+    if nproc < 1:
+        raise PlanError(f"plan {path}: nproc must be at least 1, got {nproc}")
+    plan_root = root or head.get("root") or os.path.join("work", head.get("name", os.path.splitext(os.path.basename(path))[0]))
+
+    datasets = []
+    entries = raw.get("datasets", [])
+    if not entries:
+        raise PlanError(f"plan {path}: no [[datasets]] entries")
+    seen = set()
+    for i, entry in enumerate(entries):
+        where = f"plan {path}, datasets[{i}]"
+        name = entry.get("name")
+        if not name:
+            raise PlanError(f"{where}: missing 'name'")
+        label = entry.get("label", name)
+        if label in seen:
+            raise PlanError(f"{where}: dataset {label!r} appears twice; give one a distinct 'label'")
+        seen.add(label)
+        config = entry.get("config")
+        if not config:
+            raise PlanError(f"{where}: missing 'config' (a file of configs/)")
+        runs = [Run.parse(r, where) for r in entry.get("runs", ["constant", "p2", "min_snr", "debias"])]
+        run_names = {r.name for r in runs}
+        train = _merged(_table(raw, "train", path), _table(entry, "train", where))
+        sample = _merged(_table(raw, "sample", path), _table(entry, "sample", where))
+        samplers = _samplers(sample, where)
+        foreign = sorted({r for s in samplers for r in s.runs} - run_names)
+        if foreign:
+            raise PlanError(f"{where}: sampler entries name runs {', '.join(foreign)} that the dataset does not train")
+        iterations = [int(x) for x in entry.get("iterations", [train.get("max_steps", 0)])]
+        iterations = sorted(set(iterations) | {i for s in samplers for i in s.iterations})
+        if not iterations or any(it < 1 for it in iterations):
+            raise PlanError(f"{where}: 'iterations' must list checkpoint steps >= 1 (or set [train] max_steps)")
+        max_steps = int(train.get("max_steps", max(iterations)))
+        if max(iterations) > max_steps:
+            raise PlanError(f"{where}: iteration {max(iterations)} is beyond [train] max_steps {max_steps}")
+        save_interval = int(train.get("save_interval", max_steps))
+        unsaved = [it for it in iterations if it % save_interval and it != max_steps]
+        if unsaved:
+            raise PlanError(
+                f"{where}: iterations {unsaved} are not multiples of save_interval {save_interval}, so no checkpoint exists there"
+            )
+        train = {**train, "max_steps": max_steps, "save_interval": save_interval}
+        datasets.append(
+            DatasetPlan(
+                name=label,
+                config=config,
+                data_dir=entry.get("data_dir") or os.path.join(plan_root, "data", label),
+                source=entry.get("source"),
+                prepare_args=_merged(_table(raw, "prepare", path), _table(entry, "prepare", where)),
+                runs=runs,
+                iterations=iterations,
+                train=train,
+                sample={k: v for k, v in sample.items() if k != "samplers"},
+                samplers=samplers,
+                evaluate=_merged(_table(raw, "evaluate", path), _table(entry, "evaluate", where)),
+                ref=entry.get("ref"),
+            )
+        )
+        if entries[i].get("name") not in ("embedded",) and not entry.get("source") and not entry.get("data_dir"):
+            raise PlanError(f"{where}: give 'source' (to prepare) or 'data_dir' (already prepared)")
+    return Plan(
+        path=path,
+        name=head.get("name", os.path.splitext(os.path.basename(path))[0]),
+        root=plan_root,
+        launcher=launcher,
+        nproc=nproc,
+        slurm=_table(raw, "slurm", path),
+        datasets=datasets,
+        figures=_table(raw, "figures", path),
+        report=_table(raw, "report", path),
+    )

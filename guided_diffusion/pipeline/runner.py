@@ -1,0 +1,142 @@
+"""Running a plan's stages: skip what is done, run the rest, isolate failures, summarise."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from . import launch
+
+# Stages that combine whatever cells succeeded; a failed cell must not hold them back.
+_GATHERING_KINDS = ("tables", "figure", "report")
+
+
+@dataclasses.dataclass
+class Outcome:
+    stage: str
+    status: str  # done (already), ran, failed, blocked
+    seconds: float = 0.0
+    log: str = ""
+    returncode: int | None = None
+
+
+def pending_stages(stages):
+    by_name = {s.name: s for s in stages}
+    return [s.name for s in stages if not s.is_done(by_name)]
+
+
+def describe(stages, plan, stream=sys.stdout):
+    """The --dry-run listing: every stage, whether it is done, and its command."""
+    by_name = {s.name: s for s in stages}
+    counts = {}
+    for stage in stages:
+        counts[stage.kind] = counts.get(stage.kind, 0) + 1
+        state = "done   " if stage.is_done(by_name) else "pending"
+        print(f"[{state}] {stage.name}", file=stream)
+        print(f"    {launch.shell_line(launch.command(stage, plan.launcher, plan.nproc))}", file=stream)
+    summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    print(f"{len(stages)} stages: {summary}", file=stream)
+    return counts
+
+
+def _log_path(plan, stage):
+    return plan.under_root("logs", stage.name.replace("/", "__") + ".log")
+
+
+def _run_one(stage, plan, jobs, echo, env_threads):
+    log = _log_path(plan, stage)
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    argv = launch.command(stage, plan.launcher, plan.nproc)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if env_threads:
+        env.setdefault("OMP_NUM_THREADS", str(env_threads))
+    start = time.time()
+    with open(log, "wb") as f:
+        f.write((launch.shell_line(argv) + "\n").encode())
+        f.flush()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        # Tee: the log keeps everything, the terminal shows the running stage's own progress.
+        while True:
+            chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
+            if not chunk:
+                break
+            f.write(chunk)
+            if echo:
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
+        returncode = proc.wait()
+    seconds = time.time() - start
+    return Outcome(stage.name, "ran" if returncode == 0 else "failed", seconds, log, returncode)
+
+
+def run(stages, plan, jobs=1, echo=None, stream=sys.stdout):
+    """Run every unfinished stage in dependency order with up to `jobs` at once; returns the outcomes."""
+    by_name = {s.name: s for s in stages}
+    echo = (jobs == 1) if echo is None else echo
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    outcomes = {}
+    running = {}
+    lock = threading.Lock()
+    start_all = time.time()
+
+    def say(text):
+        with lock:
+            print(f"[{time.time() - start_all:7.1f}s] {text}", file=stream, flush=True)
+
+    def worker(stage):
+        outcome = _run_one(stage, plan, jobs, echo, threads)
+        with lock:
+            outcomes[stage.name] = outcome
+            running.pop(stage.name, None)
+        if outcome.status == "ran":
+            say(f"finished {stage.name} in {outcome.seconds:.1f}s")
+        else:
+            say(f"FAILED {stage.name} (exit {outcome.returncode}) after {outcome.seconds:.1f}s; log: {outcome.log}")
+
+    remaining = list(stages)
+    while remaining or running:
+        progressed = False
+        for stage in list(remaining):
+            with lock:
+                dep_states = [outcomes.get(d) for d in stage.deps]
+            if any(o is None for o in dep_states):
+                continue
+            remaining.remove(stage)
+            progressed = True
+            blocked = [o.stage for o in dep_states if o.status in ("failed", "blocked")]
+            if blocked and stage.kind not in _GATHERING_KINDS:
+                outcomes[stage.name] = Outcome(stage.name, "blocked", log=", ".join(blocked))
+                say(f"skipped {stage.name}: needs {', '.join(blocked)}")
+                continue
+            if stage.is_done(by_name):
+                outcomes[stage.name] = Outcome(stage.name, "done")
+                continue
+            while len(running) >= jobs:
+                time.sleep(0.2)
+            say(f"started {stage.name}")
+            thread = threading.Thread(target=worker, args=(stage,), daemon=True)
+            with lock:
+                running[stage.name] = thread
+            thread.start()
+        if not progressed:
+            time.sleep(0.2)
+    return [outcomes[s.name] for s in stages]
+
+
+def summarize(outcomes, stream=sys.stdout):
+    counts = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    print(
+        "summary: "
+        + ", ".join(f"{counts.get(k, 0)} {label}" for k, label in (("ran", "ran"), ("done", "already done"), ("failed", "failed"), ("blocked", "blocked"))),
+        file=stream,
+    )
+    for o in outcomes:
+        if o.status == "failed":
+            print(f"  failed: {o.stage} (exit {o.returncode}); log: {o.log}", file=stream)
+        elif o.status == "blocked":
+            print(f"  blocked: {o.stage} (needs {o.log})", file=stream)
+    return counts

@@ -1,0 +1,219 @@
+"""Expanding a plan into stages: prepare -> reference statistics -> train -> sample -> evaluate -> tables, figures.
+
+A stage is a command, the files it produces and the stages it needs. It is
+done when all its outputs exist and none is older than an output of a stage it
+depends on, as make decides; there is no other record that could drift.
+"""
+
+import dataclasses
+import os
+
+from ..script_util import load_config, model_and_diffusion_defaults
+from .plan import TARGET_FLAGS
+
+SCRIPTS = {
+    "prepare": ["datasets/prepare.py"],
+    "ref": ["-m", "evaluations.ref_stats"],
+    "train": ["scripts/image_train.py"],
+    "sample": ["scripts/image_sample.py"],
+    "evaluate": ["-m", "evaluations.fid"],
+    "tables": ["-m", "evaluations.tables"],
+}
+
+EMA_RATE = "0.9999"
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    kind: str
+    argv: list  # the program's arguments after the interpreter, e.g. ["scripts/image_train.py", "--lr", ...]
+    outputs: list
+    deps: list = dataclasses.field(default_factory=list)
+    distributed: bool = False  # launched through the plan's launcher (several processes)
+    log: str = ""
+
+    def newest_input_mtime(self, stages_by_name):
+        times = [
+            os.path.getmtime(out)
+            for dep in self.deps
+            for out in stages_by_name[dep].outputs
+            if os.path.exists(out)
+        ]
+        return max(times, default=0.0)
+
+    def is_done(self, stages_by_name):
+        if not self.outputs or not all(os.path.exists(p) for p in self.outputs):
+            return False
+        oldest_output = min(os.path.getmtime(p) for p in self.outputs)
+        return oldest_output >= self.newest_input_mtime(stages_by_name)
+
+
+def _flags(mapping):
+    argv = []
+    for key, value in mapping.items():
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
+def _ema_checkpoint(run_dir, step, rate=EMA_RATE):
+    return os.path.join(run_dir, f"ema_{rate}_{step:06d}.pt")
+
+
+def expand(plan):
+    """All stages of a plan in dependency order."""
+    stages = []
+    results = plan.under_root("results", "results.jsonl")
+    evaluate_names = []
+    for ds in plan.datasets:
+        prepare_name = None
+        if ds.source is not None or ds.name == "embedded":
+            prepare_name = f"prepare/{ds.name}"
+            paths = [ds.data_dir] if ds.source is None else [ds.source, ds.data_dir]
+            dataset_kind = ds.prepare_args.get("dataset", ds.name)
+            prep_flags = {k: v for k, v in ds.prepare_args.items() if k != "dataset"}
+            stages.append(
+                Stage(
+                    name=prepare_name,
+                    kind="prepare",
+                    argv=SCRIPTS["prepare"] + [dataset_kind] + paths + _flags(prep_flags),
+                    outputs=[os.path.join(ds.data_dir, "manifest.json")],
+                )
+            )
+        data_deps = [prepare_name] if prepare_name else []
+
+        ref = ds.ref or plan.under_root("refs", f"{ds.name}.npz")
+        ref_deps = []
+        if not ds.ref:
+            stages.append(
+                Stage(
+                    name=f"ref/{ds.name}",
+                    kind="ref",
+                    argv=SCRIPTS["ref"] + [ds.data_dir, ref] + _flags(ds.evaluate.get("ref_flags", {})),
+                    outputs=[ref],
+                    deps=list(data_deps),
+                )
+            )
+            ref_deps = [f"ref/{ds.name}"]
+
+        for run in ds.runs:
+            run_dir = plan.under_root("runs", ds.name, run.dir_name)
+            train_name = f"train/{ds.name}/{run.name}"
+            train_flags = dict(ds.train)
+            train_flags.update(TARGET_FLAGS[run.target])
+            stages.append(
+                Stage(
+                    name=train_name,
+                    kind="train",
+                    argv=SCRIPTS["train"]
+                    + ["--config", ds.config, "--data_dir", ds.data_dir, "--log_dir", run_dir]
+                    + ["--weight_schedule", run.weight_schedule, "--resume_checkpoint", "auto"]
+                    + _flags(train_flags),
+                    outputs=[_ema_checkpoint(run_dir, it) for it in ds.iterations],
+                    deps=list(data_deps),
+                    distributed=True,
+                )
+            )
+            for it in ds.iterations:
+                for setting in ds.samplers:
+                    if not setting.applies_to(it, run):
+                        continue
+                    cell = f"{ds.name}/{run.name}/{it:06d}/{setting.name}"
+                    sample_dir = plan.under_root("samples", ds.name, run.dir_name, f"{it:06d}", setting.name)
+                    num = int(ds.sample.get("num_samples", 50000))
+                    size = _image_size(ds)
+                    npz = os.path.join(sample_dir, f"samples_{num}x{size}x{size}x3.npz")
+                    sample_flags = {k: v for k, v in ds.sample.items()}
+                    sample_flags.update(TARGET_FLAGS[run.target])
+                    stages.append(
+                        Stage(
+                            name=f"sample/{cell}",
+                            kind="sample",
+                            argv=SCRIPTS["sample"]
+                            + ["--config", ds.config, "--model_path", _ema_checkpoint(run_dir, it)]
+                            + ["--sampler", setting.sampler]
+                            + _sampler_step_flags(setting)
+                            + ["--out_dir", sample_dir]
+                            + _flags(sample_flags),
+                            outputs=[npz],
+                            deps=[train_name],
+                            distributed=True,
+                        )
+                    )
+                    metrics = os.path.join(sample_dir, "metrics.json")
+                    eval_flags = {k: v for k, v in ds.evaluate.items() if k not in ("ref_flags", "metrics")}
+                    extra = [f"--{m}" for m in ds.evaluate.get("metrics", [])]
+                    stages.append(
+                        Stage(
+                            name=f"evaluate/{cell}",
+                            kind="evaluate",
+                            argv=SCRIPTS["evaluate"]
+                            + ["--ref", ref, "--samples", npz, "--results", results, "--metrics_out", metrics]
+                            + ["--dataset", ds.name, "--weight_schedule", run.weight_schedule, "--pred", run.target]
+                            + ["--iterations", str(it), "--sampler", setting.sampler, "--steps", str(setting.steps)]
+                            + extra
+                            + _flags(eval_flags),
+                            outputs=[metrics],
+                            deps=[f"sample/{cell}"] + ref_deps,
+                        )
+                    )
+                    evaluate_names.append(f"evaluate/{cell}")
+
+    tables_dir = plan.under_root("results", "tables")
+    stages.append(
+        Stage(
+            name="tables",
+            kind="tables",
+            argv=SCRIPTS["tables"] + ["--results", results, "--out_dir", tables_dir],
+            outputs=[os.path.join(tables_dir, f"table{i}.md") for i in (1, 2, 3, 4)],
+            deps=evaluate_names,
+        )
+    )
+    stages.extend(_figure_stages(plan, evaluate_names, results))
+    return stages
+
+
+def _sampler_step_flags(setting):
+    if setting.sampler in ("ddpm", "ddim"):
+        return ["--timestep_respacing", setting.respacing()]
+    return ["--sampling_steps", str(setting.steps)]
+
+
+def _image_size(ds):
+    size = ds.sample.get("image_size") or ds.train.get("image_size")
+    if size:
+        return int(size)
+    config = load_config(ds.config, model_and_diffusion_defaults(), sections=("model",))
+    return int(config.get("image_size", model_and_diffusion_defaults()["image_size"]))
+
+
+def _figure_stages(plan, evaluate_names, results):
+    """Figures named in [figures]: each is an analysis script with its flags; outputs are its PNG and CSV."""
+    stages = []
+    for name, spec in plan.figures.items():
+        if not isinstance(spec, dict) or "script" not in spec:
+            continue
+        out = plan.under_root("figures", name)
+        flags = {k: v for k, v in spec.items() if k not in ("script", "needs", "args")}
+        needs = spec.get("needs", "evaluate")
+        deps = evaluate_names if needs == "evaluate" else [s for s in _names_of_kind(plan, needs)]
+        stages.append(
+            Stage(
+                name=f"figure/{name}",
+                kind="figure",
+                argv=[f"scripts/analysis/{spec['script']}.py", "--out", out] + list(spec.get("args", [])) + _flags(flags),
+                outputs=[out + ".png", out + ".csv"],
+                deps=list(deps),
+            )
+        )
+    return stages
+
+
+def _names_of_kind(plan, kind):
+    if kind == "none":
+        return []
+    if kind == "train":
+        return [f"train/{ds.name}/{run.name}" for ds in plan.datasets for run in ds.runs]
+    raise ValueError(f"figure 'needs' must be 'evaluate', 'train' or 'none', got {kind!r}")
