@@ -1,7 +1,7 @@
 """DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++"), data-prediction form, orders 1-3.
 
 The probability-flow ODE written with the data prediction x0(x, lambda) has
-the exact solution (DPM-Solver++ Eq. 9), from s to t with h = lambda_t - lambda_s:
+the exact solution (DPM-Solver++, Lu et al. 2022), from s to t with h = lambda_t - lambda_s:
 
     x_t = (sigma_t / sigma_s) x_s + sigma_t * integral_{lambda_s}^{lambda_t} e^lambda x0(lambda) dlambda.
 

@@ -1,6 +1,6 @@
 """Continuous-time view of a discrete-time (ADM) noise schedule, and the time grids ODE samplers step on.
 
-DPM-Solver (Lu et al. 2022, App. D) treats a model trained on N discrete steps
+DPM-Solver (Lu et al. 2022) treats a model trained on N discrete steps
 as a continuous-time one: step n sits at t_n = (n + 1) / N and log(alpha_t) is
 interpolated piecewise-linearly between those points, so sampling runs on
 t in [1/N, 1]. Here alpha_t = sqrt(alphas_cumprod), sigma_t = sqrt(1 - alpha_t^2)

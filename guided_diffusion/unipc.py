@@ -7,7 +7,7 @@ predictions m = x0(x, t):
     x_t = (sigma_t / sigma_s) x_s - alpha_t (e^z - 1) m_s - alpha_t B(h) sum_k rho_k D_k,
     D_k = (m_{s_k} - m_s) / r_k,   r_k = (lambda_{s_k} - lambda_s) / h,
 
-where the weights rho solve the order conditions (UniPC Eq. 7 / Theorem 3.1)
+where the weights rho solve UniPC's order conditions
 
     sum_k rho_k r_k^(n-1) = n! * z phi_{n+1}(z) / B(h),   n = 1 .. number of weights,
 
@@ -17,7 +17,9 @@ The predictor UniP-p takes the p - 1 earlier points and is of order p. The
 corrector UniC adds the model's prediction at the predicted x_t (r = 1), which
 raises the order to p + 1 without an extra evaluation: that prediction is the
 one the next step starts from. One-weight systems use rho = 1/2, the paper's
-choice for UniP-2 and UniC-1. B(h) = z for bh1, e^z - 1 for bh2. No corrector
+choice for UniP-2 and UniC-1. B(h) = z for bh1, e^z - 1 for bh2; B(h) cancels
+from B(h) rho wherever the weights are solved for, so the variants differ only
+through those one-weight steps. No corrector
 follows the last step, so `steps` steps cost `steps` model evaluations.
 """
 
