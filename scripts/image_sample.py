@@ -1,0 +1,41 @@
+"""Sample from a model into ADM's samples_NxHxWx3.npz, reproducibly, over any number of ranks, resumably.
+
+    mpiexec -n 8 python scripts/image_sample.py --config configs/ffhq.toml \
+        --model_path runs/ffhq/debias/ema_0.9999_500000.pt --timestep_respacing 100 \
+        --num_samples 50000 --out_dir samples/ffhq/debias/T100
+
+See docs/sampling.md (README "Sampling") for the flags and the layout of --out_dir.
+"""
+
+import sys
+
+from guided_diffusion import dist_util, sampling
+from guided_diffusion.script_util import create_argparser, parse_args_with_config
+
+# The tables of a dataset config that sampling reads ([train] is for training).
+CONFIG_SECTIONS = ("model", "diffusion", "sample")
+
+
+def main(argv=None):
+    defaults = sampling.flag_defaults()
+    parser = create_argparser(defaults, description=__doc__.splitlines()[0])
+    try:
+        args = parse_args_with_config(parser, defaults, argv, sections=CONFIG_SECTIONS)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"image_sample.py: error: {e}\n")
+    dist_util.setup_dist()
+    try:
+        result = sampling.sample_to_dir({k: getattr(args, k) for k in defaults})
+    except sampling.USER_ERRORS as e:
+        print(f"image_sample.py: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        dist_util.cleanup()
+    if result["npz"]:
+        rate = result["images_sampled"] / result["seconds"] if result["seconds"] > 0 else 0.0
+        print(f"wrote {result['npz']} ({result['images_sampled']} images sampled now, {rate:.2f} images/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
