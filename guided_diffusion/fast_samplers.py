@@ -82,7 +82,7 @@ def data_prediction(eps_fn, noise_schedule, thresholding=False, thresholding_rat
     return data_fn
 
 
-def solve(name, data_fn, x_T, noise_schedule, steps, order=3, skip_type="time_uniform", variant="bh2",
+def solve(name, data_fn, x_T, noise_schedule, steps, order=3, skip_type="logSNR", variant="bh2",
           lower_order_final=True, progress=False):
     """Integrate the probability-flow ODE from t = 1 to t = 1/N with `steps` model evaluations."""
     if name not in FAST_SAMPLERS:
@@ -104,7 +104,7 @@ def fast_sample(
     x_T=None,
     steps=20,
     order=3,
-    skip_type="time_uniform",
+    skip_type="logSNR",
     variant="bh2",
     model_kwargs=None,
     noise_source=None,

@@ -194,6 +194,8 @@ def load_plan(path, root=None):
         config = entry.get("config")
         if not config:
             raise PlanError(f"{where}: missing 'config' (a file of configs/)")
+        if name != "embedded" and not entry.get("source") and not entry.get("data_dir"):
+            raise PlanError(f"{where}: give 'source' (to prepare) or 'data_dir' (already prepared)")
         runs = [Run.parse(r, where) for r in entry.get("runs", ["constant", "p2", "min_snr", "debias"])]
         run_names = {r.name for r in runs}
         train = _merged(_table(raw, "train", path), _table(entry, "train", where))
@@ -232,8 +234,6 @@ def load_plan(path, root=None):
                 ref=entry.get("ref"),
             )
         )
-        if entries[i].get("name") not in ("embedded",) and not entry.get("source") and not entry.get("data_dir"):
-            raise PlanError(f"{where}: give 'source' (to prepare) or 'data_dir' (already prepared)")
     return Plan(
         path=path,
         name=head.get("name", os.path.splitext(os.path.basename(path))[0]),
