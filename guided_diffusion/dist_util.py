@@ -18,6 +18,9 @@ API (every helper also works before `setup_dist()` or after `cleanup()`, as one 
   `launcher()` ("torchrun", "mpi" or "single").
 - `barrier()`: wait for every rank.
 - `sync_params(params)`: overwrite every rank's tensors with rank 0's.
+- `broadcast_object(obj)`: rank 0's picklable `obj` on every rank.
+- `all_gather_object(obj)`: the list of every rank's `obj`, in rank order.
+- `all_ranks_true(flag)`: True on every rank iff `flag` is true on every rank.
 - `load_state_dict(path, map_location=None)`: rank 0 reads `path` (local or gs://, az://
   through blobfile) and broadcasts the bytes; every rank returns `torch.load` of them.
   Must be called by every rank.
@@ -146,6 +149,30 @@ def sync_params(params):
             dist.broadcast(p.data if isinstance(p, torch.nn.Parameter) else p, src=0)
 
 
+def broadcast_object(obj):
+    if get_world_size() == 1:
+        return obj
+    holder = [obj if is_main() else None]
+    dist.broadcast_object_list(holder, src=0, device=_comm_device())
+    return holder[0]
+
+
+def all_gather_object(obj):
+    if get_world_size() == 1:
+        return [obj]
+    gathered = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def all_ranks_true(flag):
+    if get_world_size() == 1:
+        return bool(flag)
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_comm_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def broadcast_bytes(data):
     """Rank 0's `data` (bytes) on every rank; other ranks pass None."""
     if get_world_size() == 1:
@@ -177,10 +204,7 @@ def load_state_dict(path, map_location=None, weights_only=True):
                 data = f.read()
         except FileNotFoundError:
             error = f"{path}: no such file"
-    if get_world_size() > 1:
-        flag = [error]
-        dist.broadcast_object_list(flag, src=0, device=_comm_device())
-        error = flag[0]
+    error = broadcast_object(error)
     if error is not None:
         raise FileNotFoundError(error)
     data = broadcast_bytes(data)

@@ -1,0 +1,449 @@
+"""The training loop (ADM's TrainLoop) and `train(flags)`, which builds everything from flags.
+
+One iteration: sample timesteps from the schedule sampler, compute
+`diffusion.training_losses` (which already applies `--weight_schedule`), multiply by the
+sampler's importance weights, average, backward (in microbatches if asked), step the
+optimizer through the mixed-precision trainer, update the EMAs. Gradients are averaged
+over ranks by DistributedDataParallel, so every rank holds the same parameters.
+
+Steps count iterations, as in ADM: `modelS.pt` holds the weights after S iterations, and a
+step skipped for a non-finite loss or gradient still counts.
+"""
+
+import contextlib
+import random
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import dist_util, logger
+from .checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+    state_dict_digest,
+)
+from .fp16_util import MixedPrecisionTrainer, resolve_precision
+from .image_datasets import load_data, shard_digest
+from .nn import update_ema
+from .resample import LossAwareSampler, UniformSampler, create_named_schedule_sampler
+from .script_util import create_model_and_diffusion, model_and_diffusion_defaults
+
+MAX_CONSECUTIVE_NONFINITE = 100
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, or ranks out of sync)."""
+
+
+def training_defaults():
+    """ADM's image_train flags, plus max_steps, log_dir, precision, seed, num_workers and the crop/flip options."""
+    return dict(
+        data_dir="",
+        log_dir="",
+        schedule_sampler="uniform",
+        lr=1e-4,
+        weight_decay=0.0,
+        lr_anneal_steps=0,
+        max_steps=0,
+        batch_size=1,
+        microbatch=-1,
+        ema_rate="0.9999",
+        log_interval=10,
+        save_interval=10000,
+        resume_checkpoint="",
+        fp16_scale_growth=1e-3,
+        precision="",
+        seed=0,
+        num_workers=1,
+        random_crop=False,
+        random_flip=True,
+    )
+
+
+def image_train_defaults():
+    defaults = model_and_diffusion_defaults()
+    defaults.update(training_defaults())
+    return defaults
+
+
+def parse_ema_rates(ema_rate):
+    """ADM's comma list ("0.9999,0.999") as floats in [0, 1)."""
+    if isinstance(ema_rate, (int, float)):
+        ema_rate = str(ema_rate)
+    try:
+        rates = [float(x) for x in ema_rate.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"bad --ema_rate {ema_rate!r}: expected comma-separated numbers like 0.9999") from None
+    if not rates or any(not 0.0 <= r < 1.0 for r in rates):
+        raise ValueError(f"bad --ema_rate {ema_rate!r}: expected one or more rates in [0, 1)")
+    if len(set(rates)) != len(rates):
+        raise ValueError(f"bad --ema_rate {ema_rate!r}: a rate is repeated")
+    return rates
+
+
+def stream_seed(*parts):
+    """A 32-bit seed derived from integers (e.g. seed, rank, step) without collisions between tuples."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def seed_all(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class TrainLoop:
+    def __init__(
+        self,
+        *,
+        model,
+        diffusion,
+        data,
+        batch_size,
+        lr,
+        microbatch=-1,
+        ema_rate="0.9999",
+        log_interval=10,
+        save_interval=10000,
+        resume_checkpoint="",
+        precision="fp32",
+        fp16_scale_growth=1e-3,
+        schedule_sampler=None,
+        weight_decay=0.0,
+        lr_anneal_steps=0,
+        max_steps=0,
+        log_dir=None,
+        flags=None,
+        seed=None,
+        max_consecutive_nonfinite=MAX_CONSECUTIVE_NONFINITE,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"--batch_size must be at least 1, got {batch_size}")
+        if microbatch > batch_size:
+            raise ValueError(f"--microbatch {microbatch} exceeds --batch_size {batch_size}")
+        for name, value in (("log_interval", log_interval), ("save_interval", save_interval)):
+            if value < 1:
+                raise ValueError(f"--{name} must be at least 1, got {value}")
+        for name, value in (("max_steps", max_steps), ("lr_anneal_steps", lr_anneal_steps)):
+            if value < 0:
+                raise ValueError(f"--{name} must be 0 (no limit) or positive, got {value}")
+        self.model = model
+        self.diffusion = diffusion
+        self.data = data
+        self.batch_size = batch_size
+        self.microbatch = microbatch if microbatch > 0 else batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.ema_rates = parse_ema_rates(ema_rate)
+        self.log_interval = log_interval
+        self.save_interval = save_interval
+        self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+        self.lr_anneal_steps = lr_anneal_steps
+        self.max_steps = max_steps
+        self.log_dir = log_dir or logger.get_dir()
+        self.flags = dict(flags or {})
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.world_size = dist_util.get_world_size()
+        self.global_batch = batch_size * self.world_size
+
+        self.step = 0
+        self.samples = 0
+        resume = dist_util.broadcast_object(
+            resolve_resume_checkpoint(resume_checkpoint, self.log_dir) if dist_util.is_main() else None
+        )
+        if resume_checkpoint and resume is None:
+            logger.log(f"--resume_checkpoint auto: no complete checkpoint in {self.log_dir}; starting at step 0")
+        if resume is not None:
+            self._load_model(resume)
+        dist_util.sync_params(list(model.parameters()) + list(model.buffers()))
+
+        if precision == "fp16" and not hasattr(model, "convert_to_fp16"):
+            raise ValueError("--precision fp16 needs a model with convert_to_fp16() (ADM's UNetModel)")
+        self.mp_trainer = MixedPrecisionTrainer(model=model, precision=precision, fp16_scale_growth=fp16_scale_growth)
+        self.opt = torch.optim.AdamW(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay)
+        self.ema_params = {rate: [p.detach().clone().float() for p in self.mp_trainer.master_params] for rate in self.ema_rates}
+        self._last_saved_step = None
+        if resume is not None:
+            self._load_training_state(resume)
+            self._last_saved_step = self.step
+
+        if dist.is_initialized():
+            device_ids = [dist_util.dev()] if dist_util.dev().type == "cuda" else None
+            self.ddp_model = DDP(model, device_ids=device_ids, bucket_cap_mb=128)
+        else:
+            self.ddp_model = model
+        if seed is not None:
+            # Every rank, and every resumed segment, draws its own noise, timesteps and data order.
+            seed_all(stream_seed(seed, dist_util.get_rank(), self.step))
+
+        self._consecutive_nonfinite = 0
+        self._interval_steps = 0
+        self._interval_skipped = 0
+        self._interval_start = time.time()
+
+    # -- resuming -----------------------------------------------------------------------
+
+    def _load_model(self, resume):
+        state = dist_util.load_state_dict(resume.model_path, map_location="cpu")
+        check_state_dict(self.model, state, f"--resume_checkpoint {resume.model_path}")
+        self.model.load_state_dict(state, strict=True)
+        self.step = resume.step
+        logger.log(f"resuming from {resume.model_path} at step {resume.step}")
+
+    def _load_training_state(self, resume):
+        for rate in self.ema_rates:
+            path = resume.ema_paths.get(str(float(rate)))
+            if path is None:
+                logger.warn(f"no EMA file for rate {rate} at step {resume.step}; starting that EMA from the model")
+                continue
+            state = dist_util.load_state_dict(path, map_location="cpu")
+            check_state_dict(self.model, state, f"EMA checkpoint {path}")
+            self.ema_params[rate] = self.mp_trainer.state_dict_to_master_params(state)
+        if resume.opt_path is None:
+            logger.warn(f"no optimizer file for step {resume.step}; starting AdamW from scratch")
+        else:
+            opt_state = dist_util.load_state_dict(resume.opt_path, map_location=dist_util.dev())
+            try:
+                self.opt.load_state_dict(opt_state)
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"optimizer checkpoint {resume.opt_path} does not fit the model: {e}") from None
+            # The flags given now win over the hyperparameters stored with the optimizer state.
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr
+                group["weight_decay"] = self.weight_decay
+        manifest = resume.manifest or {}
+        self.samples = int(manifest.get("samples", self.step * self.global_batch))
+        if "lg_loss_scale" in manifest and self.mp_trainer.precision == "fp16" and manifest.get("precision") == "fp16":
+            self.mp_trainer.lg_loss_scale = float(manifest["lg_loss_scale"])
+        sampler_record = manifest.get("schedule_sampler")
+        sampler_name = type(self.schedule_sampler).__name__
+        if sampler_record is None:
+            logger.log("no schedule-sampler state in the checkpoint; the sampler starts fresh")
+        elif sampler_record.get("name") != sampler_name:
+            logger.warn(f"checkpoint's schedule sampler is {sampler_record.get('name')}, now {sampler_name}; starting it fresh")
+        else:
+            self.schedule_sampler.load_state_dict(sampler_record["state"])
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _done(self):
+        limits = [m for m in (self.max_steps, self.lr_anneal_steps) if m > 0]
+        return bool(limits) and self.step >= min(limits)
+
+    def run_loop(self):
+        while not self._done():
+            batch, cond = next(self.data)
+            self.run_step(batch, cond)
+            if self.step % self.log_interval == 0:
+                self.log_interval_stats()
+            if self.step % self.save_interval == 0:
+                self.save()
+        if self._interval_steps:
+            self.log_interval_stats()
+        if self._last_saved_step != self.step:
+            self.save()
+
+    def run_step(self, batch, cond):
+        self._anneal_lr()
+        timesteps, raw_losses, weighted_terms, finite = self.forward_backward(batch, cond)
+        all_finite = dist_util.all_ranks_true(finite)
+        took_step, grad_norm = self.mp_trainer.optimize(self.opt, skip=not all_finite)
+        self.step += 1
+        self.samples += self.global_batch
+        self._interval_steps += 1
+        if took_step:
+            self._consecutive_nonfinite = 0
+            for rate, params in self.ema_params.items():
+                update_ema(params, self.mp_trainer.master_params, rate=rate)
+            if isinstance(self.schedule_sampler, LossAwareSampler):
+                self.schedule_sampler.update_with_local_losses(timesteps, raw_losses)
+            self._log_losses(timesteps, weighted_terms)
+            logger.logkv_mean("grad_norm", grad_norm)
+            return True
+        self._consecutive_nonfinite += 1
+        self._interval_skipped += 1
+        scale_note = f"; loss scale now 2^{self.mp_trainer.lg_loss_scale:g}" if self.mp_trainer.precision == "fp16" else ""
+        logger.warn(
+            f"step {self.step}: non-finite loss or gradient, update skipped "
+            f"({self._consecutive_nonfinite} in a row{scale_note})"
+        )
+        if self._consecutive_nonfinite >= self.max_consecutive_nonfinite:
+            raise TrainingError(
+                f"training stopped at step {self.step}: {self._consecutive_nonfinite} consecutive steps had a "
+                f"non-finite loss or gradient (diverged); lower --lr or resume from an earlier checkpoint"
+            )
+        return False
+
+    def forward_backward(self, batch, cond):
+        """Backward of the batch-mean loss; returns (t, losses, importance-weighted terms, finite?)."""
+        device = dist_util.dev()
+        batch = batch.to(device)
+        cond = {k: v.to(device) for k, v in cond.items()}
+        all_t, all_losses, all_terms, finite = [], [], {}, True
+        size = batch.shape[0]
+        for start in range(0, size, self.microbatch):
+            micro = batch[start : start + self.microbatch]
+            micro_cond = {k: v[start : start + self.microbatch] for k, v in cond.items()}
+            last = start + self.microbatch >= size
+            t, weights = self.schedule_sampler.sample(micro.shape[0], device)
+            sync = contextlib.nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync()
+            with sync:
+                with self.mp_trainer.autocast():
+                    losses = self.diffusion.training_losses(self.ddp_model, micro, t, model_kwargs=micro_cond)
+                # Microbatches are weighted by their share so the gradient is that of the batch mean.
+                loss = (losses["loss"].float() * weights).mean() * (micro.shape[0] / size)
+                finite = finite and bool(torch.isfinite(loss))
+                self.mp_trainer.backward(loss)
+            all_t.append(t.detach())
+            all_losses.append(losses["loss"].detach().float())
+            for key, value in losses.items():
+                all_terms.setdefault(key, []).append((value.detach().float() * weights).cpu())
+        terms = {k: torch.cat(v) for k, v in all_terms.items()}
+        return torch.cat(all_t), torch.cat(all_losses), terms, finite
+
+    def _log_losses(self, timesteps, terms):
+        quartiles = (4 * timesteps.cpu() // self.diffusion.num_timesteps).tolist()
+        for key, values in terms.items():
+            logger.logkv_mean(key, values.mean().item())
+            for quartile, value in zip(quartiles, values.tolist()):
+                logger.logkv_mean(f"{key}_q{quartile}", value)
+
+    def _anneal_lr(self):
+        if not self.lr_anneal_steps:
+            return
+        lr = self.lr * (1 - self.step / self.lr_anneal_steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def log_interval_stats(self):
+        """Write one row of interval statistics; every rank calls this together."""
+        elapsed = max(time.time() - self._interval_start, 1e-9)
+        logger.logkv("step", self.step)
+        logger.logkv("samples", self.samples)
+        logger.logkv("steps_per_sec", self._interval_steps / elapsed)
+        logger.logkv("images_per_sec", self._interval_steps * self.global_batch / elapsed)
+        logger.logkv("lr", self.opt.param_groups[0]["lr"])
+        logger.logkv("param_norm", self.mp_trainer.param_norm())
+        logger.logkv("skipped_steps", self._interval_skipped)
+        if self.mp_trainer.precision == "fp16":
+            logger.logkv("lg_loss_scale", self.mp_trainer.lg_loss_scale)
+        row = logger.dumpkvs()
+        self._interval_steps = 0
+        self._interval_skipped = 0
+        self._interval_start = time.time()
+        return row
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def save(self):
+        """Write the checkpoint set for this step (rank 0), after checking all ranks agree."""
+        model_state = self.mp_trainer.master_params_to_state_dict()
+        digest = state_dict_digest(model_state)
+        digests = dist_util.all_gather_object(digest)
+        if len(set(digests)) != 1:
+            raise TrainingError(f"parameters differ between ranks at step {self.step} (sha1 by rank: {digests})")
+        if dist_util.is_main():
+            sampler_state = {k: np.asarray(v).tolist() for k, v in self.schedule_sampler.state_dict().items()}
+            manifest = dict(
+                samples=self.samples,
+                world_size=self.world_size,
+                batch_size=self.batch_size,
+                global_batch=self.global_batch,
+                precision=self.mp_trainer.precision,
+                lg_loss_scale=self.mp_trainer.lg_loss_scale,
+                ema_rates=[str(float(r)) for r in self.ema_rates],
+                model_sha1=digest,
+                schedule_sampler=dict(name=type(self.schedule_sampler).__name__, state=sampler_state),
+                flags=self.flags,
+            )
+            path = save_checkpoint(
+                self.log_dir,
+                self.step,
+                model_state=model_state,
+                ema_states={r: self.mp_trainer.master_params_to_state_dict(p) for r, p in self.ema_params.items()},
+                opt_state=self.opt.state_dict(),
+                manifest=manifest,
+            )
+            logger.log(f"saved checkpoint {path}; parameters identical on {self.world_size} rank(s): sha1 {digest}")
+            logger.sync()
+        dist_util.barrier()
+        self._last_saved_step = self.step
+
+
+def train(flags):
+    """Train from a dict of `image_train_defaults()` flags; call after `dist_util.setup_dist()`.
+
+    Returns the finished TrainLoop.
+    """
+    defaults = image_train_defaults()
+    unknown = sorted(set(flags) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown training flag(s): {', '.join(unknown)}")
+    flags = {**defaults, **flags}
+    rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
+    log_dir = dist_util.broadcast_object(flags["log_dir"] or logger.default_log_dir())
+    logger.configure(log_dir, rank=rank)
+    try:
+        return _train(flags, log_dir, rank, world_size)
+    finally:
+        logger.close()
+
+
+def _train(flags, log_dir, rank, world_size):
+    precision = resolve_precision(flags["precision"], flags["use_fp16"])
+    parse_ema_rates(flags["ema_rate"])
+    logger.log(
+        f"training in {log_dir} on {world_size} rank(s) ({dist_util.launcher() or 'no process group'}, "
+        f"{dist_util.dev()}), batch {flags['batch_size']} per rank = {flags['batch_size'] * world_size} in all, "
+        f"precision {precision}"
+    )
+    # The same seed on every rank gives identical initial weights (then synced anyway).
+    seed_all(flags["seed"])
+    model_flags = {k: flags[k] for k in model_and_diffusion_defaults()}
+    model_flags["use_fp16"] = precision == "fp16"
+    model, diffusion = create_model_and_diffusion(**model_flags)
+    model.to(dist_util.dev())
+    schedule_sampler = create_named_schedule_sampler(flags["schedule_sampler"], diffusion)
+    data = load_data(
+        data_dir=flags["data_dir"],
+        batch_size=flags["batch_size"],
+        image_size=flags["image_size"],
+        class_cond=flags["class_cond"],
+        random_crop=flags["random_crop"],
+        random_flip=flags["random_flip"],
+        num_workers=flags["num_workers"],
+        rank=rank,
+        world_size=world_size,
+        num_classes=flags["num_classes"] if flags["class_cond"] else None,
+    )
+    shard = data.dataset.local_images
+    for r, (count, digest) in enumerate(dist_util.all_gather_object((len(shard), shard_digest(shard)))):
+        logger.log(f"data shard rank={r} images={count} sha1={digest}")
+    loop = TrainLoop(
+        model=model,
+        diffusion=diffusion,
+        data=data,
+        batch_size=flags["batch_size"],
+        microbatch=flags["microbatch"],
+        lr=flags["lr"],
+        ema_rate=flags["ema_rate"],
+        log_interval=flags["log_interval"],
+        save_interval=flags["save_interval"],
+        resume_checkpoint=flags["resume_checkpoint"],
+        precision=precision,
+        fp16_scale_growth=flags["fp16_scale_growth"],
+        schedule_sampler=schedule_sampler,
+        weight_decay=flags["weight_decay"],
+        lr_anneal_steps=flags["lr_anneal_steps"],
+        max_steps=flags["max_steps"],
+        log_dir=log_dir,
+        flags=flags,
+        seed=flags["seed"],
+    )
+    loop.run_loop()
+    return loop

@@ -1,0 +1,38 @@
+"""Train a diffusion model on a folder of images (ADM's image_train.py flags, plus the paper's).
+
+    mpiexec -n 8 python scripts/image_train.py --config configs/ffhq.toml \
+        --weight_schedule debias --data_dir data/ffhq256 --log_dir runs/ffhq/debias
+
+Works the same under `torchrun --nproc_per_node 8` and as one plain process.
+"""
+
+import sys
+
+from guided_diffusion import dist_util
+from guided_diffusion.checkpoint import CheckpointError
+from guided_diffusion.script_util import create_argparser, parse_args_with_config
+from guided_diffusion.train_util import TrainingError, image_train_defaults, train
+
+# The [sample] table of a dataset config belongs to scripts/image_sample.py.
+TRAINING_CONFIG_SECTIONS = ("model", "diffusion", "train")
+
+
+def main(argv=None):
+    defaults = image_train_defaults()
+    parser = create_argparser(defaults, description=__doc__.splitlines()[0])
+    try:
+        args = parse_args_with_config(
+            parser, defaults, sys.argv[1:] if argv is None else argv, sections=TRAINING_CONFIG_SECTIONS
+        )
+        dist_util.setup_dist()
+        train({k: getattr(args, k) for k in defaults})
+    except (ValueError, OSError, CheckpointError, TrainingError) as e:
+        # Other ranks may be waiting in a collective; exiting lets the launcher stop them.
+        print(f"image_train.py: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    dist_util.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
