@@ -15,6 +15,8 @@ import json
 import multiprocessing
 import os
 import tempfile
+import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ PREPROCESSING = (
 )
 REPORTED_UNREADABLE = 5
 ITEMS_PER_TASK = 16
+PARENT_POLL_SECONDS = 1.0
 
 
 class OutputFolderError(ValueError):
@@ -230,6 +233,17 @@ class _SerialRunner:
         close_cached_archives()
 
 
+def _exit_when_parent_dies(parent_pid):
+    """Worker initializer: a parent killed without cleanup (SIGKILL, OOM) would leave workers waiting forever."""
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 class _PoolRunner:
     """Runs batches on worker processes, never holding more than a few batches per worker.
 
@@ -241,7 +255,10 @@ class _PoolRunner:
         self._image_size = image_size
         self._max_in_flight = 4 * workers
         self._executor = concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_when_parent_dies,
+            initargs=(os.getpid(),),
         )
         self._in_flight = set()
         self._done = []
@@ -287,6 +304,8 @@ def prepare(
     """
     if image_size < 1:
         raise ValueError(f"--image_size must be a positive integer, got {image_size}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be a positive integer, got {workers}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = {"dataset": dataset, "image_size": image_size, **(settings or {})}
