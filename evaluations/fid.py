@@ -1,0 +1,182 @@
+"""Evaluate samples against a reference: FID, and on request IS, KID and precision/recall; record the result.
+
+    python -m evaluations.fid --ref refs/ffhq256.npz \
+        --samples samples/ffhq/debias/T100/samples_50000x256x256x3.npz [--is] [--kid] [--prc]
+
+`--ref` is a statistics npz (mu, sigma: ours or ADM's VIRTUAL_*.npz) or
+images in any form `--samples` accepts (their statistics are cached).
+`--samples` is an ADM sample npz, a folder of sample batches or an image
+folder. Each run appends one line to the results registry; fields not given
+as flags are taken from the sampling stage's JSON beside the samples, then
+from ADM's defaults (eps prediction, DDPM sampler).
+"""
+
+import argparse
+import datetime
+import logging
+import sys
+
+from .errors import EvaluationError
+from .feature_metrics import inception_score, kernel_inception_distance, precision_recall
+from .features import DEFAULT_BATCH_SIZE, extract_features, pool_statistics
+from .frechet import frechet_distance, gaussian_statistics
+from .inception import LOGITS, POOL_FEATURES, InceptionFeatures
+from .ref_stats import default_statistics_cache_dir, holds_statistics, reference_statistics
+from .registry import DEFAULT_RESULTS, append_result
+from .run_metadata import fields_from_sidecar, read_sidecar
+from .sources import open_image_source
+
+log = logging.getLogger(__name__)
+
+RUN_FIELDS = ("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps", "checkpoint_hash")
+ADM_DEFAULTS = {"pred": "eps", "sampler": "ddpm"}
+PREDICTION_TARGETS = ("eps", "x0", "v")
+
+
+def evaluate(
+    samples,
+    ref,
+    *,
+    inception_weights=None,
+    batch_size=DEFAULT_BATCH_SIZE,
+    device=None,
+    with_inception_score=False,
+    with_kid=False,
+    with_precision_recall=False,
+    cache_dir=None,
+    progress=True,
+):
+    """Metrics of `samples` against `ref`: dict with fid, num_samples, and is/kid/precision/recall (None if not asked)."""
+    if batch_size < 1:
+        raise EvaluationError(f"--batch_size must be positive, got {batch_size}")
+    needs_reference_features = with_kid or with_precision_recall
+    if needs_reference_features and holds_statistics(ref):
+        raise EvaluationError(
+            f"--kid/--prc compare two feature sets, but --ref {ref!r} holds only mu/sigma; pass reference images"
+        )
+    inception = InceptionFeatures(inception_weights, device=device, with_logits=with_inception_score)
+    source = open_image_source(samples)
+
+    reference_features = None
+    if needs_reference_features:
+        reference_features = extract_features(ref, inception, batch_size, progress, desc="reference")[POOL_FEATURES]
+        ref_mu, ref_sigma = gaussian_statistics(reference_features)
+    else:
+        ref_mu, ref_sigma = reference_statistics(ref, lambda: inception, batch_size, cache_dir, progress)
+
+    metrics = {"is": None, "is_std": None, "kid": None, "kid_std": None, "precision": None, "recall": None}
+    if with_inception_score or needs_reference_features:
+        features = extract_features(source, inception, batch_size, progress, desc="samples")
+        mu, sigma = gaussian_statistics(features[POOL_FEATURES])
+        count = features[POOL_FEATURES].shape[0]
+        if with_inception_score:
+            metrics["is"], metrics["is_std"] = inception_score(features[LOGITS])
+        if with_kid:
+            metrics["kid"], metrics["kid_std"] = kernel_inception_distance(features[POOL_FEATURES], reference_features)
+        if with_precision_recall:
+            metrics["precision"], metrics["recall"] = precision_recall(features[POOL_FEATURES], reference_features)
+    else:
+        mu, sigma, count = pool_statistics(source, inception, batch_size, progress, desc="samples")
+    metrics["fid"] = frechet_distance(mu, sigma, ref_mu, ref_sigma)
+    metrics["num_samples"] = count
+    metrics["inception_weights"] = inception.weights_path
+    return metrics
+
+
+def run_fields(samples, given):
+    """Registry fields of the run: flags in `given` win over the sampling JSON, which wins over ADM's defaults."""
+    fields = dict.fromkeys(RUN_FIELDS)
+    fields.update(ADM_DEFAULTS)
+    fields.update(fields_from_sidecar(read_sidecar(samples)))
+    fields.update({key: value for key, value in given.items() if value is not None})
+    return fields
+
+
+def registry_record(samples, ref, metrics, fields, date=None):
+    date = date or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return {
+        "dataset": fields["dataset"],
+        "weight_schedule": fields["weight_schedule"],
+        "pred": fields["pred"],
+        "iterations": fields["iterations"],
+        "sampler": fields["sampler"],
+        "steps": fields["steps"],
+        "num_samples": metrics["num_samples"],
+        "fid": metrics["fid"],
+        "is": metrics["is"],
+        "is_std": metrics["is_std"],
+        "kid": metrics["kid"],
+        "kid_std": metrics["kid_std"],
+        "precision": metrics["precision"],
+        "recall": metrics["recall"],
+        "checkpoint_hash": fields["checkpoint_hash"],
+        "date": date,
+        "samples": samples,
+        "ref": ref,
+        "inception_weights": metrics["inception_weights"],
+    }
+
+
+def format_metrics(metrics):
+    lines = [f"FID: {metrics['fid']:.4f}  ({metrics['num_samples']} samples)"]
+    if metrics["is"] is not None:
+        lines.append(f"Inception Score: {metrics['is']:.4f} +- {metrics['is_std']:.4f}")
+    if metrics["kid"] is not None:
+        lines.append(f"KID: {metrics['kid']:.6f} +- {metrics['kid_std']:.6f}")
+    if metrics["precision"] is not None:
+        lines.append(f"Precision: {metrics['precision']:.4f}")
+        lines.append(f"Recall: {metrics['recall']:.4f}")
+    return "\n".join(lines)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ref", required=True, help="statistics npz (mu, sigma) or reference images")
+    parser.add_argument("--samples", required=True, help="ADM samples npz, sample-batch folder or image folder")
+    parser.add_argument("--inception_weights", default=None, help="torch-fidelity Inception state dict (offline use)")
+    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--is", dest="inception_score", action="store_true", help="also the Inception Score")
+    parser.add_argument("--kid", action="store_true", help="also KID (needs reference images)")
+    parser.add_argument("--prc", action="store_true", help="also precision/recall (needs reference images)")
+    parser.add_argument("--cache_dir", default=default_statistics_cache_dir(), help="reference statistics cache")
+    parser.add_argument("--results", default=DEFAULT_RESULTS, help="results registry ('' records nothing)")
+    registry = parser.add_argument_group("registry fields (default: from the sampling JSON beside the samples)")
+    registry.add_argument("--dataset", default=None)
+    registry.add_argument("--weight_schedule", default=None)
+    registry.add_argument("--pred", default=None, choices=PREDICTION_TARGETS, help="prediction target")
+    registry.add_argument("--iterations", type=int, default=None, help="training iterations of the checkpoint")
+    registry.add_argument("--sampler", default=None)
+    registry.add_argument("--steps", type=int, default=None, help="sampling steps")
+    registry.add_argument("--checkpoint_hash", default=None)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        metrics = evaluate(
+            args.samples,
+            args.ref,
+            inception_weights=args.inception_weights,
+            batch_size=args.batch_size,
+            device=args.device,
+            with_inception_score=args.inception_score,
+            with_kid=args.kid,
+            with_precision_recall=args.prc,
+            cache_dir=args.cache_dir or None,
+        )
+        print(format_metrics(metrics))
+        if args.results:
+            fields = run_fields(args.samples, {key: getattr(args, key) for key in RUN_FIELDS})
+            append_result(args.results, registry_record(args.samples, args.ref, metrics, fields))
+            print(f"recorded in {args.results}")
+    except EvaluationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

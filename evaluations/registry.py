@@ -1,0 +1,80 @@
+"""The results registry: one JSON object per line in results/results.jsonl, one line per evaluation.
+
+Lines are only ever appended. An append rewrites the file through a temp file
+and a rename under an exclusive lock, so concurrent evaluations neither lose
+nor interleave lines and a crash leaves the previous file intact.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+
+from guided_diffusion.atomic import atomic_write_text
+
+from .errors import EvaluationError
+
+DEFAULT_RESULTS = os.path.join("results", "results.jsonl")
+
+# Every line carries these keys (null when unknown); tables select on the first seven.
+RESULT_FIELDS = (
+    "dataset",
+    "weight_schedule",
+    "pred",
+    "iterations",
+    "sampler",
+    "steps",
+    "num_samples",
+    "fid",
+    "is",
+    "kid",
+    "checkpoint_hash",
+    "date",
+    "samples",
+)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def append_result(path, record):
+    """Append `record` (a dict with at least RESULT_FIELDS) as one JSON line to the registry at `path`."""
+    missing = [field for field in RESULT_FIELDS if field not in record]
+    if missing:
+        raise EvaluationError(f"result record lacks fields {missing}")
+    line = json.dumps(record, sort_keys=False, allow_nan=False) + "\n"
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with _locked(path):
+        previous = ""
+        if os.path.isfile(path):
+            with open(path) as f:
+                previous = f.read()
+            if previous and not previous.endswith("\n"):
+                previous += "\n"
+        atomic_write_text(path, previous + line)
+
+
+def read_results(path):
+    """All records of the registry at `path`, in file order, each with its line number under '_line'."""
+    records = []
+    with open(path) as f:
+        for number, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise EvaluationError(f"{path}:{number} is not valid JSON: {err.msg}") from None
+            if not isinstance(record, dict):
+                raise EvaluationError(f"{path}:{number} is not a JSON object")
+            record["_line"] = number
+            records.append(record)
+    return records

@@ -1,0 +1,241 @@
+"""Image inputs of an evaluation, read in uint8 NHWC batches without holding the whole set in memory.
+
+Three forms are accepted:
+- an ADM sample file: `.npz` whose `arr_0` is uint8 (N, H, W, 3). `arr_0` is
+  streamed from the archive in chunks (np.load's mmap_mode does not apply to
+  members of an .npz, it would read all 9.8 GB of a 50K x 256^2 file at once);
+- a folder of sample batches (the sampling stage's output directory): every
+  `batch_*.npz` in it (or, when there is none, every `*.npz`), each with
+  `arr_0` and optionally `indices`, read in index order;
+- a folder of images (png, jpg, jpeg, bmp, webp, tif, tiff), searched
+  recursively, all of one size; a prepared dataset directory is such a folder.
+Files and folders whose names start with "." (e.g. temp files of an
+in-flight atomic write) are ignored.
+"""
+
+import hashlib
+import os
+import re
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image
+
+from guided_diffusion.image_ops import to_rgb
+
+from .errors import EvaluationError, MissingInputError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+SAMPLES_KEY = "arr_0"
+INDICES_KEY = "indices"
+DECODE_THREADS = min(8, os.cpu_count() or 1)
+
+
+def _natural_key(name):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _check_image_array_shape(shape, dtype, where):
+    if len(shape) != 4 or shape[3] != 3:
+        raise EvaluationError(f"{where} must be uint8 images (N, H, W, 3), got shape {tuple(shape)}")
+    if np.dtype(dtype) != np.uint8:
+        raise EvaluationError(f"{where} must be uint8 images (N, H, W, 3), got dtype {np.dtype(dtype)}")
+
+
+def _fingerprint(entries):
+    digest = hashlib.sha256()
+    for entry in entries:
+        digest.update(repr(entry).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _stat_entry(path, name):
+    info = os.stat(path)
+    return (name, info.st_size, info.st_mtime_ns)
+
+
+class _NpzMember:
+    """Sequential reader of one .npy member of an .npz, header parsed, rows read on demand."""
+
+    def __init__(self, path, key):
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise EvaluationError(f"{path!r} is not a readable .npz archive: {err}") from None
+        member = f"{key}.npy"
+        if member not in self._zip.namelist():
+            keys = sorted(n[: -len(".npy")] for n in self._zip.namelist() if n.endswith(".npy"))
+            self._zip.close()
+            raise EvaluationError(f"{path!r} has no '{key}' array (keys: {keys}); expected ADM samples in '{key}'")
+        self._file = self._zip.open(member)
+        version = np.lib.format.read_magic(self._file)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(self._file)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(self._file)
+        else:
+            self.close()
+            raise EvaluationError(f"{path!r}: '{key}' uses .npy format version {version}, expected 1.0 or 2.0")
+        if fortran_order:
+            self.close()
+            raise EvaluationError(f"{path!r}: '{key}' is stored in Fortran order; save it C-contiguous")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def read_rows(self, count):
+        data = self._file.read(count * self._row_bytes)
+        if len(data) != count * self._row_bytes:
+            raise EvaluationError(f"{self.path!r} is truncated: expected {count} more rows")
+        return np.frombuffer(data, dtype=self.dtype).reshape((count,) + self.shape[1:])
+
+    def close(self):
+        if hasattr(self, "_file"):
+            self._file.close()
+        self._zip.close()
+
+
+class NpzImages:
+    """ADM sample file: `arr_0` uint8 (N, H, W, 3) in an .npz."""
+
+    def __init__(self, path):
+        self.path = path
+        member = _NpzMember(path, SAMPLES_KEY)
+        member.close()
+        _check_image_array_shape(member.shape, member.dtype, f"{path!r} '{SAMPLES_KEY}'")
+        self.num_images = member.shape[0]
+        self.image_shape = member.shape[1:]
+
+    def fingerprint(self):
+        return _fingerprint([_stat_entry(self.path, os.path.basename(self.path))])
+
+    def batches(self, batch_size):
+        member = _NpzMember(self.path, SAMPLES_KEY)
+        try:
+            for start in range(0, self.num_images, batch_size):
+                yield member.read_rows(min(batch_size, self.num_images - start))
+        finally:
+            member.close()
+
+
+class SampleBatchDirectory:
+    """The sampling stage's output folder: `batch_*.npz` files with `arr_0` and `indices`."""
+
+    def __init__(self, path, npz_names):
+        self.path = path
+        batch_names = [n for n in npz_names if n.startswith("batch_")]
+        names = sorted(batch_names or npz_names, key=_natural_key)
+        self.files = [os.path.join(path, n) for n in names]
+        shapes, first_indices, seen = [], [], {}
+        for file in self.files:
+            member = _NpzMember(file, SAMPLES_KEY)
+            member.close()
+            _check_image_array_shape(member.shape, member.dtype, f"{file!r} '{SAMPLES_KEY}'")
+            shapes.append(member.shape)
+            with np.load(file) as contents:
+                if INDICES_KEY not in contents.files:
+                    first_indices.append(None)
+                    continue
+                indices = np.asarray(contents[INDICES_KEY]).reshape(-1)
+            if indices.shape[0] != member.shape[0]:
+                raise EvaluationError(
+                    f"{file!r} has {member.shape[0]} images but {indices.shape[0]} '{INDICES_KEY}'"
+                )
+            for index in indices.tolist():
+                if index in seen:
+                    raise EvaluationError(f"sample index {index} appears in both {seen[index]!r} and {file!r}")
+                seen[index] = file
+            first_indices.append(int(indices.min()) if indices.size else -1)
+        image_shapes = {shape[1:] for shape in shapes}
+        if len(image_shapes) > 1:
+            raise EvaluationError(f"batches in {path!r} have different image shapes: {sorted(image_shapes)}")
+        if all(i is not None for i in first_indices):
+            order = np.argsort(first_indices, kind="stable")
+            self.files = [self.files[i] for i in order]
+            shapes = [shapes[i] for i in order]
+        self.num_images = sum(shape[0] for shape in shapes)
+        self.image_shape = shapes[0][1:]
+
+    def fingerprint(self):
+        return _fingerprint([_stat_entry(f, os.path.basename(f)) for f in self.files])
+
+    def _images_in_index_order(self, file):
+        with np.load(file) as contents:
+            images = contents[SAMPLES_KEY]
+            if INDICES_KEY in contents.files:
+                images = images[np.argsort(np.asarray(contents[INDICES_KEY]).reshape(-1), kind="stable")]
+        return images
+
+    def batches(self, batch_size):
+        pending, pending_count = [], 0
+        for file in self.files:
+            images = self._images_in_index_order(file)
+            pending.append(images)
+            pending_count += images.shape[0]
+            while pending_count >= batch_size:
+                joined = np.concatenate(pending)
+                yield joined[:batch_size]
+                pending, pending_count = [joined[batch_size:]], joined.shape[0] - batch_size
+        if pending_count:
+            yield np.concatenate(pending)
+
+
+class ImageFolder:
+    """Image files under a folder (recursive), all of one size, decoded to RGB uint8."""
+
+    def __init__(self, path):
+        self.path = path
+        relative = []
+        for root, dirs, files in os.walk(path):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                    relative.append(os.path.relpath(os.path.join(root, name), path))
+        if not relative:
+            raise MissingInputError(
+                f"{path!r} contains no images ({', '.join(IMAGE_EXTENSIONS)}) and no .npz sample batches"
+            )
+        self.relative_paths = sorted(relative, key=_natural_key)
+        self.num_images = len(self.relative_paths)
+        with Image.open(os.path.join(path, self.relative_paths[0])) as first:
+            self.image_shape = (first.height, first.width, 3)
+
+    def fingerprint(self):
+        return _fingerprint([_stat_entry(os.path.join(self.path, r), r) for r in self.relative_paths])
+
+    def _decode(self, relative_path):
+        full = os.path.join(self.path, relative_path)
+        try:
+            with Image.open(full) as image:
+                array = np.asarray(to_rgb(image), dtype=np.uint8)
+        except OSError as err:
+            raise EvaluationError(f"cannot read image {full!r}: {err}") from None
+        if array.shape != self.image_shape:
+            raise EvaluationError(
+                f"images in {self.path!r} have mixed sizes: {relative_path!r} is {array.shape[1]}x{array.shape[0]}, "
+                f"{self.relative_paths[0]!r} is {self.image_shape[1]}x{self.image_shape[0]}; resize them to one size"
+            )
+        return array
+
+    def batches(self, batch_size):
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+            for start in range(0, self.num_images, batch_size):
+                names = self.relative_paths[start : start + batch_size]
+                yield np.stack(list(pool.map(self._decode, names)))
+
+
+def open_image_source(path):
+    """NpzImages, SampleBatchDirectory or ImageFolder for `path` (see the module docstring)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        npz_names = [n for n in os.listdir(path) if n.endswith(".npz") and not n.startswith(".")]
+        npz_names = [n for n in npz_names if os.path.isfile(os.path.join(path, n))]
+        if npz_names:
+            return SampleBatchDirectory(path, npz_names)
+        return ImageFolder(path)
+    if os.path.isfile(path):
+        if not path.endswith(".npz"):
+            raise EvaluationError(f"{path!r} is neither an .npz of samples nor a folder of images or sample batches")
+        return NpzImages(path)
+    raise MissingInputError(f"{path!r} does not exist")
