@@ -234,15 +234,23 @@ def test_afhq_dog_takes_only_train_dog_from_root_folder_or_zip(tmp_path):
 
     expected = ["flickr_dog_000002.png", "pixabay_dog_000010.png"]
     hashes = set()
-    for source in (root, root / "train" / "dog", tmp_path / "afhq.zip"):
+    for source, workers in ((root, 1), (root / "train" / "dog", 1), (tmp_path / "afhq.zip", 2)):
         out = tmp_path / f"out_{len(hashes)}_{source.name}"
-        result, _ = run_quietly("afhq_dog", source, out, image_size=SIZE)
+        result, _ = run_quietly("afhq_dog", source, out, image_size=SIZE, workers=workers)
         assert output_files(out) == expected
         hashes.add(result.content_sha256)
     assert len(hashes) == 1
 
     with pytest.raises(DatasetSourceError, match="train/dog"):
         run_quietly("afhq_dog", root / "val", tmp_path / "out_bad")
+
+
+def test_output_inside_the_source_folder_is_refused(tmp_path):
+    (tmp_path / "src").mkdir()
+    random_image(np.random.default_rng(0)).save(tmp_path / "src" / "a.png")
+    with pytest.raises(ValueError, match="must not be inside the source folder"):
+        run_quietly("ffhq", tmp_path / "src", tmp_path / "src" / "out")
+    assert not (tmp_path / "src" / "out").exists()
 
 
 def test_duplicate_output_names_are_an_error_naming_both(tmp_path):
@@ -284,7 +292,9 @@ def test_imagenet_folders_class_tars_and_train_tar_agree(tmp_path):
     hashes = set()
     for index, source in enumerate(sources):
         out = tmp_path / f"out{index}"
-        result, messages = run_quietly("imagenet", source, out, image_size=SIZE)
+        # The train tar also goes through worker processes: its images travel to them as bytes.
+        workers = 2 if index == 2 else 1
+        result, messages = run_quietly("imagenet", source, out, image_size=SIZE, workers=workers)
         assert output_files(out) == expected
         assert result.class_map == {"n01440764": 0, "n01443537": 1}
         manifest = manifest_of(out)
@@ -295,6 +305,22 @@ def test_imagenet_folders_class_tars_and_train_tar_agree(tmp_path):
     assert len(hashes) == 1
     original = Image.open(sources[0] / "n01443537" / "n01443537_9.JPEG")
     np.testing.assert_array_equal(load(tmp_path / "out0/n01443537/n01443537_9.png"), center_crop_arr(original, SIZE))
+
+
+def test_training_loader_reads_prepared_folders_with_the_manifest_labels(tmp_path):
+    from guided_diffusion.image_datasets import class_labels, list_image_files_recursively
+
+    folders, _, _ = make_imagenet_sources(tmp_path)
+    make_cifar_tarball(tmp_path / "cifar.tar.gz", per_batch=2)
+    for dataset, source in (("imagenet", folders), ("cifar10", tmp_path / "cifar.tar.gz")):
+        out = tmp_path / dataset
+        run_quietly(dataset, source, out, image_size=SIZE)
+        paths = list_image_files_recursively(str(out))
+        assert sorted(Path(p).relative_to(out).as_posix() for p in paths) == output_files(out)
+        labels, classes = class_labels(paths)
+        class_map = manifest_of(out)["class_map"]
+        assert classes == sorted(class_map, key=class_map.get)
+        assert labels == [class_map[Path(p).name.split("_")[0]] for p in paths]
 
 
 def test_imagenet_single_class_tar_and_bad_folder(tmp_path):

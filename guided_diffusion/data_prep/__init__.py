@@ -5,6 +5,7 @@ lives in its own module, named in `DATASET_MODULES`.
 """
 
 import importlib
+from pathlib import Path
 
 from guided_diffusion.data_prep.common import (
     DatasetPreparationWarning,
@@ -80,6 +81,10 @@ def prepare_dataset(
             raise ValueError(f"{flag} applies only to generated datasets ({', '.join(sorted(GENERATED_DATASETS))})")
     if source is None:
         raise ValueError(f"the {name} dataset needs a source path")
+    source_root, out_root = Path(source).resolve(), Path(out_dir).resolve()
+    if source_root.is_dir() and (out_root == source_root or source_root in out_root.parents):
+        # Outputs inside the source would be read back as source images on the next run.
+        raise ValueError(f"the output folder {out_dir} must not be inside the source folder {source}")
     return prepare(
         spec.open_source(source),
         out_dir,
