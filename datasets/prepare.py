@@ -23,8 +23,10 @@ from guided_diffusion.data_prep import (  # noqa: E402 - after making the reposi
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help=f"one of: {', '.join(sorted(DATASET_MODULES))}")
-    parser.add_argument("paths", nargs="+", metavar="source out_dir", help="source and output folder (embedded: output folder only)")
-    parser.add_argument("--image_size", type=int, default=None, help="output side in pixels (default 256; 32 for cifar10 and embedded)")
+    parser.add_argument("paths", nargs="+", metavar="path", help="<source> <out_dir>; for embedded only <out_dir>")
+    parser.add_argument(
+        "--image_size", type=int, default=None, help="output side in pixels (default 256; 32 for cifar10 and embedded)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPU cores)")
     parser.add_argument("--strict", action="store_true", help="fail if any source image is unreadable")
     parser.add_argument("--seed", type=int, default=None, help="embedded only: generator seed (default 0)")

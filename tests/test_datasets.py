@@ -98,7 +98,8 @@ def make_cifar_tarball(path, per_batch, seed=0):
     rng = np.random.default_rng(seed)
     all_data, all_labels = [], []
     with tarfile.open(path, "w:gz") as archive:
-        meta = {b"num_cases_per_batch": per_batch, b"label_names": [c.encode() for c in CIFAR_CLASSES], b"num_vis": 3072}
+        names = [c.encode() for c in CIFAR_CLASSES]
+        meta = {b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072}
         add_to_tar(archive, "cifar-10-batches-py/batches.meta", pickle.dumps(meta))
         for batch in range(1, 6):
             data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
@@ -245,12 +246,13 @@ def test_afhq_dog_takes_only_train_dog_from_root_folder_or_zip(tmp_path):
         run_quietly("afhq_dog", root / "val", tmp_path / "out_bad")
 
 
-def test_output_inside_the_source_folder_is_refused(tmp_path):
+def test_output_and_source_folders_must_not_nest(tmp_path):
     (tmp_path / "src").mkdir()
     random_image(np.random.default_rng(0)).save(tmp_path / "src" / "a.png")
-    with pytest.raises(ValueError, match="must not be inside the source folder"):
-        run_quietly("ffhq", tmp_path / "src", tmp_path / "src" / "out")
-    assert not (tmp_path / "src" / "out").exists()
+    for out in (tmp_path / "src" / "out", tmp_path / "src", tmp_path):
+        with pytest.raises(ValueError, match="must not contain each other"):
+            run_quietly("ffhq", tmp_path / "src", out)
+    assert not (tmp_path / "src" / "out").exists() and not (tmp_path / "manifest.json").exists()
 
 
 def test_duplicate_output_names_are_an_error_naming_both(tmp_path):
@@ -503,5 +505,6 @@ def test_script_bad_input_exits_nonzero_with_one_line(tmp_path, args, needle):
 
 
 def test_unknown_dataset_in_library():
-    with pytest.raises(UnknownDatasetError, match="valid: afhq_dog, celebahq, cifar10, embedded, ffhq, imagenet, metfaces"):
+    valid = "valid: afhq_dog, celebahq, cifar10, embedded, ffhq, imagenet, metfaces"
+    with pytest.raises(UnknownDatasetError, match=valid):
         prepare_dataset("lsun", "x", "y")

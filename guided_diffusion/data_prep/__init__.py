@@ -82,9 +82,11 @@ def prepare_dataset(
     if source is None:
         raise ValueError(f"the {name} dataset needs a source path")
     source_root, out_root = Path(source).resolve(), Path(out_dir).resolve()
-    if source_root.is_dir() and (out_root == source_root or source_root in out_root.parents):
-        # Outputs inside the source would be read back as source images on the next run.
-        raise ValueError(f"the output folder {out_dir} must not be inside the source folder {source}")
+    nested = out_root == source_root or source_root in out_root.parents or out_root in source_root.parents
+    if source_root.is_dir() and nested:
+        # Outputs inside the source would be read back as source images on the next run, and
+        # sources inside the output would be read by the training loader as training images.
+        raise ValueError(f"the output folder {out_dir} and the source folder {source} must not contain each other")
     return prepare(
         spec.open_source(source),
         out_dir,

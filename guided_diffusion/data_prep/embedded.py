@@ -188,7 +188,8 @@ def draw_face(seed, index, side):
         for side_sign in (-1, 1):
             x = cx + side_sign * rx * 0.58
             draw.ellipse((x - blush, by - blush, x + blush, by + blush), fill=_rgb(_jitter(rng, (235, 120, 130), 15)))
-    _mouth(rng, draw, cx, cy + ry * rng.uniform(0.4, 0.6), rx * rng.uniform(0.3, 0.55), ry * rng.uniform(0.08, 0.18), line)
+    mouth_y = cy + ry * rng.uniform(0.4, 0.6)
+    _mouth(rng, draw, cx, mouth_y, rx * rng.uniform(0.3, 0.55), ry * rng.uniform(0.08, 0.18), line)
 
     if rng.uniform() < 0.15:
         hat = _rgb(_hsv(rng))
