@@ -80,7 +80,11 @@ class RunMismatchError(ValueError):
     """--out_dir already holds samples made with other image-defining flags."""
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, OutDirError)
+class NonFiniteSamplesError(ArithmeticError):
+    """A batch came out NaN or infinite; written as images it would silently turn black."""
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, OutDirError, NonFiniteSamplesError)
 
 
 # ---- samplers ------------------------------------------------------------------------------------
@@ -670,6 +674,13 @@ def sample_to_dir(flags, progress=True):
             device=device,
             flags=flags,
         )
+        finite = th.isfinite(batch).flatten(1).all(dim=1).cpu()
+        if not bool(finite.all()):
+            bad = [index for index, ok in zip(indices, finite.tolist()) if not ok]
+            raise NonFiniteSamplesError(
+                f"sample(s) {', '.join(map(str, bad[:10]))} came out NaN or infinite with --sampler {flags['sampler']} "
+                f"--precision {flags['precision']}; nothing was written for indices {first}..{last}"
+            )
         images = to_uint8_nhwc(batch)
         if flags["png"]:
             write_pngs(os.path.join(out_dir, PNG_DIR), images, indices)
