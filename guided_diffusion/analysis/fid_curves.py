@@ -1,0 +1,145 @@
+"""FID against training iterations and against sampling steps (Fig. 7 a/b), read from the results registry.
+
+The registry (`results/results.jsonl`, written by the evaluation suite) holds
+one JSON object per evaluation. A curve is one weighting (and, where the file
+mixes them, one prediction target, sampler and sample count); where an
+evaluation was repeated, the later line wins. Lines whose fid, iterations or
+steps are null (unknown) have no place on either axis and are left out.
+"""
+
+import json
+import os
+from collections import Counter
+
+from .outputs import output_prefix, save_figure, write_csv
+from .plotting import new_figure
+
+DEFAULT_RESULTS = os.path.join("results", "results.jsonl")
+REQUIRED_KEYS = ("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps", "num_samples", "fid")
+CURVE_FIELDS = ("weight_schedule", "pred", "sampler", "num_samples")
+
+
+def read_results(path):
+    """The registry's records in file order; a malformed line is an error naming it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"results registry {path!r} does not exist")
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object")
+            missing = [k for k in REQUIRED_KEYS if k not in record]
+            if missing:
+                raise ValueError(f"{path}:{number}: missing key(s) {', '.join(missing)}")
+            records.append(record)
+    return records
+
+
+def _select(records, dataset, sampler, num_samples):
+    datasets = sorted({str(r["dataset"]) for r in records})
+    if dataset is None:
+        if len(datasets) != 1:
+            raise ValueError(f"the registry holds several datasets ({', '.join(datasets)}): choose one with --dataset")
+        dataset = datasets[0]
+    chosen = [
+        r for r in records
+        if r["dataset"] == dataset
+        and all(r[k] is not None for k in ("fid", "iterations", "steps"))
+        and (sampler is None or r["sampler"] == sampler)
+        and (num_samples is None or r["num_samples"] == num_samples)
+    ]
+    if not chosen:
+        raise ValueError(
+            f"no results for --dataset {dataset!r}"
+            + (f" --sampler {sampler}" if sampler else "")
+            + (f" --num_samples {num_samples}" if num_samples else "")
+            + f" (datasets in the registry: {', '.join(datasets) or 'none'})"
+        )
+    return dataset, chosen
+
+
+def _curve_key(record):
+    return tuple(record[f] for f in CURVE_FIELDS)
+
+
+def _curve_label(key, varying):
+    parts = [str(key[0])] + [f"{field}={value}" for field, value in zip(CURVE_FIELDS[1:], key[1:]) if field in varying]
+    return parts[0] + (f" ({', '.join(parts[1:])})" if len(parts) > 1 else "")
+
+
+def fid_curves(records, dataset=None, sampler=None, num_samples=None, at_steps=None, at_iterations=None):
+    """The points of both panels.
+
+    (a) FID over iterations at `at_steps` sampling steps (default: the most
+    frequent step count among the selected results); (b) FID over sampling steps
+    at `at_iterations` (default: each curve's latest iterations). Returns a dict
+    with dataset, at_steps, and `points`: (panel, label, record) tuples sorted
+    along the x axis.
+    """
+    dataset, chosen = _select(records, dataset, sampler, num_samples)
+    latest = {}
+    for record in chosen:
+        latest[(_curve_key(record), int(record["iterations"]), int(record["steps"]))] = record
+    keys = list(dict.fromkeys(_curve_key(r) for r in chosen))
+    varying = {f for i, f in enumerate(CURVE_FIELDS) if len({k[i] for k in keys}) > 1}
+    if at_steps is None:
+        at_steps = Counter(steps for (_, _, steps) in latest).most_common(1)[0][0]
+
+    points = []
+    for key in keys:
+        label = _curve_label(key, varying)
+        mine = {(it, st): r for (k, it, st), r in latest.items() if k == key}
+        for (it, st) in sorted(mine):
+            if st == at_steps:
+                points.append(("iterations", label, mine[(it, st)]))
+        final = at_iterations if at_iterations is not None else max(it for it, _ in mine)
+        for (it, st) in sorted(mine, key=lambda p: p[1]):
+            if it == final:
+                points.append(("steps", label, mine[(it, st)]))
+    return {"dataset": dataset, "at_steps": at_steps, "at_iterations": at_iterations, "points": points}
+
+
+def write_fid_curves(result, prefix):
+    header = ("panel", "curve", "weight_schedule", "pred", "sampler", "num_samples", "iterations", "steps", "fid")
+    rows = [
+        (panel, label, r["weight_schedule"], r["pred"], r["sampler"], r["num_samples"], r["iterations"], r["steps"],
+         r["fid"])
+        for panel, label, r in result["points"]
+    ]
+    csv_path = write_csv(prefix + ".csv", header, rows)
+
+    figure = new_figure(10, 3.8)
+    by_iterations, by_steps = figure.subplots(1, 2)
+    labels = list(dict.fromkeys(label for _, label, _ in result["points"]))
+    for index, label in enumerate(labels):
+        for axes, panel, x_key in ((by_iterations, "iterations", "iterations"), (by_steps, "steps", "steps")):
+            mine = [r for p, l, r in result["points"] if p == panel and l == label]
+            if mine:
+                axes.plot([r[x_key] for r in mine], [r["fid"] for r in mine], marker="o", color=f"C{index}",
+                          label=label)
+    by_iterations.set_xlabel("training iterations")
+    by_iterations.set_title(f"(a) FID vs training iterations, {result['at_steps']} sampling steps", fontsize=10)
+    by_steps.set_xlabel("sampling steps")
+    by_steps.set_xscale("log")
+    final = "latest checkpoint" if result["at_iterations"] is None else f"{result['at_iterations']} iterations"
+    by_steps.set_title(f"(b) FID vs sampling steps, {final}", fontsize=10)
+    for axes in (by_iterations, by_steps):
+        axes.set_ylabel("FID")
+        axes.grid(True, alpha=0.3)
+        if axes.has_data():
+            axes.legend(fontsize=8)
+    figure.suptitle(f"{result['dataset']}", fontsize=10)
+    png_path = save_figure(figure, prefix + ".png", dpi=100)
+    return {"png": png_path, "csv": csv_path}
+
+
+def run(results=DEFAULT_RESULTS, out=None, dataset=None, sampler=None, num_samples=None, at_steps=None,
+        at_iterations=None):
+    result = fid_curves(read_results(results), dataset, sampler, num_samples, at_steps, at_iterations)
+    return write_fid_curves(result, output_prefix(out, "fid_curves"))

@@ -1,0 +1,54 @@
+"""Building the model and diffusion of analysed checkpoints and loading their weights."""
+
+import torch as th
+
+from ..checkpoint import load_model_checkpoint
+from ..script_util import create_gaussian_diffusion, create_model_and_diffusion, model_and_diffusion_defaults
+
+
+def default_device():
+    return "cuda" if th.cuda.is_available() else "cpu"
+
+
+def model_settings(args):
+    """The model and diffusion flags of parsed arguments, as create_model_and_diffusion's keywords."""
+    settings = {key: getattr(args, key) for key in model_and_diffusion_defaults()}
+    if settings["class_cond"]:
+        raise ValueError("--class_cond True: the analyses take unconditional models only")
+    return settings
+
+
+def load_model(path, settings, device):
+    """The UNet described by `settings` with the weights at `path`, on `device`, in eval mode."""
+    model, _ = create_model_and_diffusion(**settings)
+    load_model_checkpoint(model, path)
+    model.to(device)
+    if settings["use_fp16"]:
+        model.convert_to_fp16()
+    return model.eval()
+
+
+def make_diffusion(settings, timestep_respacing=""):
+    """The diffusion of `settings` over the given respacing ("" is every training step)."""
+    return create_gaussian_diffusion(
+        steps=settings["diffusion_steps"],
+        learn_sigma=settings["learn_sigma"],
+        noise_schedule=settings["noise_schedule"],
+        use_kl=settings["use_kl"],
+        predict_xstart=settings["predict_xstart"],
+        predict_v=settings["predict_v"],
+        rescale_timesteps=settings["rescale_timesteps"],
+        rescale_learned_sigmas=settings["rescale_learned_sigmas"],
+        timestep_respacing=timestep_respacing,
+        weight_schedule=settings["weight_schedule"],
+        weight_space=settings["weight_space"],
+        p2_k=settings["p2_k"],
+        p2_gamma=settings["p2_gamma"],
+        min_snr_gamma=settings["min_snr_gamma"],
+    )
+
+
+def iter_models(specs, settings, device):
+    """(name, model) for each (name, path) of `specs`, loaded one at a time as the caller advances."""
+    for name, path in specs:
+        yield name, load_model(path, settings, device)

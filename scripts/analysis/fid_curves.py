@@ -1,0 +1,38 @@
+"""FID against training iterations and against sampling steps, one curve per weighting (the paper's Fig. 7 a/b).
+
+Reads the results registry (one JSON object per line). Writes <out>.png and
+<out>.csv (panel, curve, weight_schedule, pred, sampler, num_samples,
+iterations, steps, fid).
+"""
+
+import argparse
+import sys
+
+from guided_diffusion.analysis.fid_curves import DEFAULT_RESULTS, run
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default=DEFAULT_RESULTS, help="the results registry (JSON lines)")
+    parser.add_argument("--dataset", default=None, help="required when the registry holds several datasets")
+    parser.add_argument("--sampler", default=None, help="only results of this sampler")
+    parser.add_argument("--num_samples", type=int, default=None, help="only FIDs over this many samples")
+    parser.add_argument(
+        "--at_steps", type=int, default=None,
+        help="sampling steps of panel (a) (default: the most frequent step count)",
+    )
+    parser.add_argument(
+        "--at_iterations", type=int, default=None,
+        help="training iterations of panel (b) (default: each curve's latest)",
+    )
+    parser.add_argument("--out", default=None, help="output prefix or directory (default: results/analysis/fid_curves)")
+    args = parser.parse_args(argv)
+    paths = run(args.results, args.out, args.dataset, args.sampler, args.num_samples, args.at_steps, args.at_iterations)
+    print(f"wrote {paths['png']} and {paths['csv']}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError) as err:
+        sys.exit(f"fid_curves: error: {err}")
