@@ -7,14 +7,19 @@
 images in any form `--samples` accepts (their statistics are cached).
 `--samples` is an ADM sample npz, a folder of sample batches or an image
 folder. Each run appends one line to the results registry; fields not given
-as flags are taken from the sampling stage's JSON beside the samples, then
-from ADM's defaults (eps prediction, DDPM sampler).
+as flags are taken from the sampling stage's JSON beside the samples and the
+training manifest of its checkpoint, then from ADM's defaults (eps
+prediction, DDPM sampler). `--metrics_out` writes the same record as JSON.
 """
 
 import argparse
 import datetime
+import json
 import logging
+import os
 import sys
+
+from guided_diffusion.atomic import atomic_write_text
 
 from .errors import EvaluationError
 from .feature_metrics import inception_score, kernel_inception_distance, precision_recall
@@ -23,7 +28,7 @@ from .frechet import frechet_distance, gaussian_statistics
 from .inception import LOGITS, POOL_FEATURES, InceptionFeatures
 from .ref_stats import default_statistics_cache_dir, holds_statistics, reference_statistics
 from .registry import DEFAULT_RESULTS, append_result
-from .run_metadata import fields_from_sidecar, read_sidecar
+from .run_metadata import fields_from_run_files
 from .sources import open_image_source
 
 log = logging.getLogger(__name__)
@@ -84,10 +89,10 @@ def evaluate(
 
 
 def run_fields(samples, given):
-    """Registry fields of the run: flags in `given` win over the sampling JSON, which wins over ADM's defaults."""
+    """Registry fields of the run: flags in `given` win over the run's files, which win over ADM's defaults."""
     fields = dict.fromkeys(RUN_FIELDS)
     fields.update(ADM_DEFAULTS)
-    fields.update(fields_from_sidecar(read_sidecar(samples)))
+    fields.update(fields_from_run_files(samples))
     fields.update({key: value for key, value in given.items() if value is not None})
     return fields
 
@@ -141,6 +146,7 @@ def build_parser():
     parser.add_argument("--prc", action="store_true", help="also precision/recall (needs reference images)")
     parser.add_argument("--cache_dir", default=default_statistics_cache_dir(), help="reference statistics cache")
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="results registry ('' records nothing)")
+    parser.add_argument("--metrics_out", default=None, help="also write this run's record as a JSON file")
     registry = parser.add_argument_group("registry fields (default: from the sampling JSON beside the samples)")
     registry.add_argument("--dataset", default=None)
     registry.add_argument("--weight_schedule", default=None)
@@ -168,10 +174,14 @@ def main(argv=None):
             cache_dir=args.cache_dir or None,
         )
         print(format_metrics(metrics))
+        fields = run_fields(args.samples, {key: getattr(args, key) for key in RUN_FIELDS})
+        record = registry_record(args.samples, args.ref, metrics, fields)
         if args.results:
-            fields = run_fields(args.samples, {key: getattr(args, key) for key in RUN_FIELDS})
-            append_result(args.results, registry_record(args.samples, args.ref, metrics, fields))
+            append_result(args.results, record)
             print(f"recorded in {args.results}")
+        if args.metrics_out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.metrics_out)), exist_ok=True)
+            atomic_write_text(args.metrics_out, json.dumps(record, indent=2) + "\n")
     except EvaluationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

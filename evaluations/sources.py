@@ -4,9 +4,10 @@ Three forms are accepted:
 - an ADM sample file: `.npz` whose `arr_0` is uint8 (N, H, W, 3). `arr_0` is
   streamed from the archive in chunks (np.load's mmap_mode does not apply to
   members of an .npz, it would read all 9.8 GB of a 50K x 256^2 file at once);
-- a folder of sample batches (the sampling stage's output directory): every
+- a folder of sample batches (the sampling stage's `batches/`): every
   `batch_*.npz` in it (or, when there is none, every `*.npz`), each with
-  `arr_0` and optionally `indices`, read in index order;
+  `arr_0` and optionally `indices`, read in index order; a folder holding a
+  single other .npz is read as that ADM sample file;
 - a folder of images (png, jpg, jpeg, bmp, webp, tif, tiff), searched
   recursively, all of one size; a prepared dataset directory is such a folder.
 Files and folders whose names start with "." (e.g. temp files of an
@@ -29,6 +30,7 @@ from .errors import EvaluationError, MissingInputError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SAMPLES_KEY = "arr_0"
 INDICES_KEY = "indices"
+SAMPLE_BATCH_SUBDIR = "batches"
 DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
@@ -88,7 +90,8 @@ class _NpzMember:
         data = self._file.read(count * self._row_bytes)
         if len(data) != count * self._row_bytes:
             raise EvaluationError(f"{self.path!r} is truncated: expected {count} more rows")
-        return np.frombuffer(data, dtype=self.dtype).reshape((count,) + self.shape[1:])
+        # A bytearray keeps the rows writable, which torch.from_numpy expects, without another copy.
+        return np.frombuffer(bytearray(data), dtype=self.dtype).reshape((count,) + self.shape[1:])
 
     def close(self):
         if hasattr(self, "_file"):
@@ -225,14 +228,30 @@ class ImageFolder:
                 yield np.stack(list(pool.map(self._decode, names)))
 
 
+def _npz_files(directory):
+    return [
+        n
+        for n in os.listdir(directory)
+        if n.endswith(".npz") and not n.startswith(".") and os.path.isfile(os.path.join(directory, n))
+    ]
+
+
 def open_image_source(path):
-    """NpzImages, SampleBatchDirectory or ImageFolder for `path` (see the module docstring)."""
+    """NpzImages, SampleBatchDirectory or ImageFolder for `path` (see the module docstring).
+
+    A sampling output directory works as it is: its merged `samples_*.npz`
+    when that exists, else its `batches/` folder.
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
-        npz_names = [n for n in os.listdir(path) if n.endswith(".npz") and not n.startswith(".")]
-        npz_names = [n for n in npz_names if os.path.isfile(os.path.join(path, n))]
+        npz_names = _npz_files(path)
+        if len(npz_names) == 1 and not npz_names[0].startswith("batch_"):
+            return NpzImages(os.path.join(path, npz_names[0]))
         if npz_names:
             return SampleBatchDirectory(path, npz_names)
+        batch_dir = os.path.join(path, SAMPLE_BATCH_SUBDIR)
+        if os.path.isdir(batch_dir) and _npz_files(batch_dir):
+            return SampleBatchDirectory(batch_dir, _npz_files(batch_dir))
         return ImageFolder(path)
     if os.path.isfile(path):
         if not path.endswith(".npz"):
