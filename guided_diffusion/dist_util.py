@@ -25,6 +25,9 @@ API (every helper also works before `setup_dist()` or after `cleanup()`, as one 
   through blobfile) and broadcasts the bytes; every rank returns `torch.load` of them.
   Must be called by every rank.
 - `cleanup()`: leave the process group.
+- `abort(exit_code)`: for scripts whose rank hit an error while other ranks may wait in a
+  collective: under MPI, MPI_Abort stops every rank; otherwise this process exits at once
+  (skipping interpreter shutdown, which could wait on the group) and torchrun stops the rest.
 """
 
 import io
@@ -216,3 +219,16 @@ def cleanup():
         dist.destroy_process_group()
     _state["launcher"] = None
     _state["local_rank"] = 0
+
+
+def abort(exit_code=1):
+    """End the whole job from this rank (see the module docstring); never returns."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if _state["launcher"] == "mpi":
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(exit_code)
+    os._exit(exit_code)

@@ -27,8 +27,10 @@ def main(argv=None):
         dist_util.setup_dist()
         train({k: getattr(args, k) for k in defaults})
     except (ValueError, OSError, CheckpointError, TrainingError) as e:
-        # Other ranks may be waiting in a collective; exiting lets the launcher stop them.
         print(f"image_train.py: error: {e}", file=sys.stderr, flush=True)
+        if dist_util.get_world_size() > 1:
+            # Other ranks may be waiting for this one in a collective.
+            dist_util.abort(1)
         return 1
     dist_util.cleanup()
     return 0
