@@ -49,7 +49,7 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     threads = torch.get_num_threads() if inception.device.type == "cpu" else None
-    where = f"{inception.device}" + (f", {threads} threads" if threads else "")
+    where = f"{inception.device}" + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else "")
     for size in sizes:
         rate = images_per_second(inception, size, args.num_images, args.batch_size)
         print(f"{size}x{size} -> 299x299 on {where}: {rate:.2f} images/s ({args.num_images} images, batch {args.batch_size})")

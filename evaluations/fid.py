@@ -31,7 +31,6 @@ from .registry import DEFAULT_RESULTS, append_result
 from .run_metadata import fields_from_run_files
 from .sources import open_image_source
 
-log = logging.getLogger(__name__)
 
 RUN_FIELDS = ("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps", "checkpoint_hash")
 ADM_DEFAULTS = {"pred": "eps", "sampler": "ddpm"}

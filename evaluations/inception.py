@@ -135,10 +135,6 @@ class InceptionFeatures:
             ) from None
         self.extractor = extractor.to(self.device)
 
-    @property
-    def description(self):
-        return f"{TORCH_FIDELITY_EXTRACTOR} ({os.path.basename(self.weights_path)})"
-
     def __call__(self, images):
         """images: uint8 array (N, H, W, 3) -> {name: float32 array (N, D)}."""
         batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)

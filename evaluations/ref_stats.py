@@ -86,9 +86,9 @@ def statistics_cache_key(source, inception):
     return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
 
 
-def image_statistics(path, inception, batch_size=DEFAULT_BATCH_SIZE, cache_dir=None, progress=True):
-    """(mu, sigma) of the images at `path`, read from / written to the cache when `cache_dir` is set."""
-    source = open_image_source(path)
+def image_statistics(path, inception, batch_size=DEFAULT_BATCH_SIZE, cache_dir=None, progress=True, source=None):
+    """(mu, sigma) of the images at `path` (or of `source`, opened from it), cached when `cache_dir` is set."""
+    source = source or open_image_source(path)
     cached = None
     if cache_dir:
         cached = os.path.join(cache_dir, f"{statistics_cache_key(source, inception)}.npz")
@@ -131,7 +131,7 @@ def main(argv=None):
             raise EvaluationError(f"--batch_size must be positive, got {args.batch_size}")
         inception = InceptionFeatures(args.inception_weights, device=args.device)
         source = open_image_source(args.input)
-        mu, sigma = image_statistics(args.input, inception, args.batch_size, args.cache_dir or None)
+        mu, sigma = image_statistics(args.input, inception, args.batch_size, args.cache_dir or None, source=source)
         save_statistics(args.out, mu, sigma, source.num_images)
     except EvaluationError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -87,11 +87,15 @@ class _NpzMember:
         self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
     def read_rows(self, count):
-        data = self._file.read(count * self._row_bytes)
-        if len(data) != count * self._row_bytes:
-            raise EvaluationError(f"{self.path!r} is truncated: expected {count} more rows")
-        # A bytearray keeps the rows writable, which torch.from_numpy expects, without another copy.
-        return np.frombuffer(bytearray(data), dtype=self.dtype).reshape((count,) + self.shape[1:])
+        rows = np.empty((count,) + self.shape[1:], dtype=self.dtype)
+        view = memoryview(rows).cast("B")
+        filled = 0
+        while filled < len(view):
+            got = self._file.readinto(view[filled:])
+            if not got:
+                raise EvaluationError(f"{self.path!r} is truncated: expected {count} more rows")
+            filled += got
+        return rows
 
     def close(self):
         if hasattr(self, "_file"):

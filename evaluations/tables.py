@@ -255,7 +255,7 @@ def build_tables(records, iterations=published.PAPER_ITERATIONS):
     return tables
 
 
-def _row_texts(table, row):
+def _row_texts(row):
     return [value.text() if isinstance(value, Cell) else value for value in row]
 
 
@@ -272,7 +272,7 @@ def render_markdown(tables):
         if not table.rows:
             lines.append("| " + " | ".join([NO_RESULT] * len(table.header)) + " |")
         for row in table.rows:
-            lines.append("| " + " | ".join(_row_texts(table, row)) + " |")
+            lines.append("| " + " | ".join(_row_texts(row)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -293,7 +293,7 @@ def render_latex(tables):
         body += [f"\\begin{{tabular}}{{{columns}}}", r"\toprule", " & ".join(_latex(h) for h in table.header) + r" \\"]
         body.append(r"\midrule")
         for row in table.rows:
-            body.append(" & ".join(_latex(text) for text in _row_texts(table, row)) + r" \\")
+            body.append(" & ".join(_latex(text) for text in _row_texts(row)) + r" \\")
         body += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
         blocks.append("\n".join(body))
     return "\n\n".join(blocks) + "\n"

@@ -22,7 +22,7 @@ from evaluations import ref_stats, tables
 from evaluations.convert_inception import convert_fid_inception, find_fid_helper_torchscript, load_torchscript
 from evaluations.errors import EvaluationError, MissingInputError
 from evaluations.feature_metrics import inception_score, kernel_inception_distance, precision_recall
-from evaluations.features import extract_features, pool_statistics
+from evaluations.features import extract_features
 from evaluations.frechet import RunningMoments, frechet_distance, gaussian_statistics
 from evaluations.inception import POOL_FEATURES, InceptionFeatures, LogitsUnavailableError
 from evaluations.registry import RESULT_FIELDS, append_result, read_results
@@ -327,6 +327,10 @@ def test_bad_sample_inputs_raise_clear_errors(tmp_path):
     np.savez(tmp_path / "gray.npz", arr_0=np.zeros((2, 4, 4), np.uint8))
     with pytest.raises(EvaluationError, match=r"got shape \(2, 4, 4\)"):
         open_image_source(str(tmp_path / "gray.npz"))
+    np.savez(tmp_path / "whole.npz", arr_0=np.zeros((64, 8, 8, 3), np.uint8))
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:5000])
+    with pytest.raises(EvaluationError, match="is not a readable .npz archive"):
+        open_image_source(str(tmp_path / "truncated.npz"))
     (tmp_path / "mixed").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "mixed" / "a.png")
     Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / "mixed" / "b.png")
