@@ -47,6 +47,8 @@ BATCH_DIR = "batches"
 PNG_DIR = "png"
 BATCH_FILE_PATTERN = re.compile(r"^batch_(\d+)_(\d+)\.npz$")
 PRECISIONS = ("fp32", "fp16", "bf16")
+# The tables of a dataset config (--config) that sampling reads; [train] is for training.
+CONFIG_SECTIONS = ("model", "diffusion", "sample")
 
 # Flags of model_and_diffusion_defaults that only matter for training: they may
 # differ between runs that share an --out_dir. use_fp16 is folded into precision.

@@ -12,15 +12,12 @@ import sys
 from guided_diffusion import dist_util, sampling
 from guided_diffusion.script_util import create_argparser, parse_args_with_config
 
-# The tables of a dataset config that sampling reads ([train] is for training).
-CONFIG_SECTIONS = ("model", "diffusion", "sample")
-
 
 def main(argv=None):
     defaults = sampling.flag_defaults()
     parser = create_argparser(defaults, description=__doc__.splitlines()[0])
     try:
-        args = parse_args_with_config(parser, defaults, argv, sections=CONFIG_SECTIONS)
+        args = parse_args_with_config(parser, defaults, argv, sections=sampling.CONFIG_SECTIONS)
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"image_sample.py: error: {e}\n")
     dist_util.setup_dist()

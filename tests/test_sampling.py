@@ -14,7 +14,12 @@ import pytest
 import torch as th
 
 from guided_diffusion import sampling
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from guided_diffusion.script_util import (
+    create_argparser,
+    create_model_and_diffusion,
+    model_and_diffusion_defaults,
+    parse_args_with_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "image_sample.py"
@@ -161,6 +166,15 @@ def test_merge_refuses_a_gap(tmp_path):
     sampling.merge_batches(str(batch_dir), 3, str(tmp_path / "samples.npz"))
     with np.load(tmp_path / "samples.npz") as data:
         assert data.files == ["arr_0"]
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.stem)
+def test_dataset_configs_parse_for_sampling(config):
+    defaults = sampling.flag_defaults()
+    args = parse_args_with_config(create_argparser(defaults), defaults, ["--config", str(config), "--seed", "3"],
+                                  sections=sampling.CONFIG_SECTIONS)
+    flags = sampling.validate_flags({**{k: getattr(args, k) for k in defaults}, "model_path": "m.pt", "out_dir": "out"})
+    assert flags["seed"] == 3 and flags["image_size"] in (32, 64, 128, 256, 512)
 
 
 # ---- whole runs -----------------------------------------------------------------------------------
