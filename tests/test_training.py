@@ -580,3 +580,22 @@ def test_a_corrupt_image_on_one_rank_stops_the_whole_job(image_folder_factory, t
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("image_train.py: error:")]
     assert errors and all("cat_3.png" in line for line in errors)
+
+
+def test_remote_log_dir_is_staged_locally_and_uploaded_on_sync(tmp_path, monkeypatch):
+    # blobfile treats local paths like bucket URLs; only the "can't append" decision is forced here.
+    monkeypatch.setattr(logger, "is_remote", lambda path: True)
+    remote = tmp_path / "bucket"
+    remote.mkdir()
+    (remote / "log.txt").write_text("earlier run\n")
+    log = logger.configure(str(remote))
+    assert log._local_dir != str(remote)
+    logger.log("resumed")
+    logger.logkv("step", 7)
+    logger.dumpkvs()
+    assert (remote / "log.txt").read_text() == "earlier run\n" and not (remote / "progress.csv").exists()
+    logger.sync()
+    text = (remote / "log.txt").read_text()
+    assert text.startswith("earlier run\nresumed\n") and "| step | 7 |" in text
+    assert (remote / "progress.csv").read_text() == "step\n7\n"
+    logger.close()
