@@ -48,7 +48,9 @@ def save_tiny_checkpoint(path, class_cond=False, seed=0, **overrides):
     """
     flags = {**model_and_diffusion_defaults(), **TINY_MODEL, **overrides}
     flags.update(class_cond=class_cond, num_classes=NUM_CLASSES)
-    model, _ = create_model_and_diffusion(**flags)
+    with th.random.fork_rng():
+        th.manual_seed(seed)
+        model, _ = create_model_and_diffusion(**flags)
     generator = th.Generator().manual_seed(seed)
     with th.no_grad():
         for p in model.parameters():
@@ -70,6 +72,19 @@ def checkpoints(tmp_path_factory):
 def sampling_flags(model_path, out_dir, **overrides):
     return {**TINY_MODEL, "model_path": model_path, "out_dir": str(out_dir), "num_samples": 10, "batch_size": 3,
             "seed": 7, **overrides}
+
+
+def assert_same_up_to_rounding(images, expected):
+    """Equal images, except that batched kernels of another batch shape may round a few values across a level.
+
+    Sample i gets the same noise whatever the batch; the model's arithmetic on a
+    batch of 3 and one of 4 differs by ~1e-5, which moves a value to the next
+    uint8 level about once in a thousand.
+    """
+    assert images.shape == expected.shape and images.dtype == expected.dtype
+    difference = np.abs(images.astype(int) - expected.astype(int))
+    assert difference.max() <= 1, difference.max()
+    assert np.mean(difference != 0) < 0.01, np.mean(difference != 0)
 
 
 def run_library(model_path, out_dir, **overrides):
@@ -196,7 +211,19 @@ def test_run_writes_adm_npz_batches_and_summary(reference, checkpoints):
 
 def test_batch_size_does_not_change_images(reference, checkpoints, tmp_path):
     _, data = run_library(checkpoints["uncond"], tmp_path, batch_size=4)
-    np.testing.assert_array_equal(data["arr_0"], reference["images"])
+    assert_same_up_to_rounding(data["arr_0"], reference["images"])
+
+
+def test_resume_with_another_batch_size_samples_only_missing_indices(reference, checkpoints, tmp_path):
+    run_library(checkpoints["uncond"], tmp_path)
+    os.unlink(tmp_path / "batches" / "batch_0000003_0000005.npz")
+    os.unlink(tmp_path / "samples_10x8x8x3.npz")
+    result, data = run_library(checkpoints["uncond"], tmp_path, batch_size=4)
+    assert result["images_sampled"] == 3
+    assert batch_ranges(tmp_path) == [(0, 2), (3, 3), (4, 5), (6, 8), (9, 9)]
+    np.testing.assert_array_equal(data["arr_0"][:3], reference["images"][:3])
+    np.testing.assert_array_equal(data["arr_0"][6:], reference["images"][6:])
+    assert_same_up_to_rounding(data["arr_0"][3:6], reference["images"][3:6])
 
 
 def test_growing_num_samples_reuses_what_exists(reference, checkpoints, tmp_path):
@@ -233,7 +260,7 @@ def test_fast_samplers_are_reproducible_by_index(checkpoints, tmp_path, sampler)
     flags = dict(sampler=sampler, timestep_respacing="", sampling_steps=3, solver_order=2, num_samples=5)
     _, threes = run_library(checkpoints["uncond"], tmp_path / "a", **flags)
     _, twos = run_library(checkpoints["uncond"], tmp_path / "b", batch_size=2, **flags)
-    np.testing.assert_array_equal(threes["arr_0"], twos["arr_0"])
+    assert_same_up_to_rounding(threes["arr_0"], twos["arr_0"])
     summary = json.loads((tmp_path / "a" / "sampling.json").read_text())
     assert summary["image_flags"]["sampling_steps"] == 3 and summary["image_flags"]["solver_order"] == 2
     assert ("unipc_variant" in summary["image_flags"]) == (sampler == "unipc")
@@ -262,7 +289,7 @@ def test_class_conditional_labels(checkpoints, tmp_path, mode):
         assert labels.tolist() == sampling.class_labels_for(np.arange(7), "uniform", 7, NUM_CLASSES).tolist()
         _, regrouped = run_library(checkpoints["cond"], tmp_path / "b", batch_size=2, **flags)
         np.testing.assert_array_equal(regrouped["arr_1"], labels)
-        np.testing.assert_array_equal(regrouped["arr_0"], data["arr_0"])
+        assert_same_up_to_rounding(regrouped["arr_0"], data["arr_0"])
 
 
 def test_non_finite_samples_are_refused_not_written(checkpoints, tmp_path, monkeypatch):
@@ -369,14 +396,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(checkpoints, tmp_path):
     assert 2 <= len(done) < 6, done
     assert not list((tmp_path / "killed").glob("samples_*.npz"))
 
-    # Resume with another batch size and two ranks: only the missing indices are sampled.
-    resumed = run_script({**flags, "batch_size": 3}, nproc=2)
+    # Resume on two ranks: only the missing indices are sampled, in the batches an uninterrupted run makes.
+    resumed = run_script(flags, nproc=2)
     assert resumed.returncode == 0, resumed.stderr
-    ranges = batch_ranges(tmp_path / "killed")
-    covered = np.concatenate([np.arange(first, last + 1) for first, last in ranges])
-    assert sorted(covered.tolist()) == list(range(12)), ranges
+    assert batch_ranges(tmp_path / "killed") == [(first, first + 1) for first in range(0, 12, 2)]
+    summary = json.loads((tmp_path / "killed" / "sampling.json").read_text())
+    assert summary["timing"]["images_sampled"] == 12 - 2 * len(done)
 
-    _, uninterrupted = run_library(checkpoints["uncond"], tmp_path / "whole",
-                                   **{k: v for k, v in flags.items() if k not in ("model_path", "out_dir")})
-    with np.load(tmp_path / "killed" / "samples_12x8x8x3.npz") as data:
-        np.testing.assert_array_equal(data["arr_0"], uninterrupted["arr_0"])
+    result, _ = run_library(checkpoints["uncond"], tmp_path / "whole",
+                            **{k: v for k, v in flags.items() if k not in ("model_path", "out_dir")})
+    assert (tmp_path / "killed" / "samples_12x8x8x3.npz").read_bytes() == Path(result["npz"]).read_bytes()
