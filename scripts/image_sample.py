@@ -4,6 +4,7 @@
         --model_path runs/ffhq/debias/ema_0.9999_500000.pt --timestep_respacing 100 \
         --num_samples 50000 --out_dir samples/ffhq/debias/T100
 
+Works the same under `torchrun --nproc_per_node 8` and as one plain process.
 See docs/sampling.md (README "Sampling") for the flags and the layout of --out_dir.
 """
 
@@ -17,17 +18,18 @@ def main(argv=None):
     defaults = sampling.flag_defaults()
     parser = create_argparser(defaults, description=__doc__.splitlines()[0])
     try:
-        args = parse_args_with_config(parser, defaults, argv, sections=sampling.CONFIG_SECTIONS)
-    except (ValueError, FileNotFoundError) as e:
-        parser.exit(2, f"image_sample.py: error: {e}\n")
-    dist_util.setup_dist()
-    try:
+        args = parse_args_with_config(
+            parser, defaults, sys.argv[1:] if argv is None else argv, sections=sampling.CONFIG_SECTIONS
+        )
+        dist_util.setup_dist()
         result = sampling.sample_to_dir({k: getattr(args, k) for k in defaults})
     except sampling.USER_ERRORS as e:
-        print(f"image_sample.py: error: {e}", file=sys.stderr)
+        print(f"image_sample.py: error: {e}", file=sys.stderr, flush=True)
+        if dist_util.get_world_size() > 1:
+            # Other ranks may be waiting for this one in a collective.
+            dist_util.abort(1)
         return 1
-    finally:
-        dist_util.cleanup()
+    dist_util.cleanup()
     if result["npz"]:
         rate = result["images_sampled"] / result["seconds"] if result["seconds"] > 0 else 0.0
         print(f"wrote {result['npz']} ({result['images_sampled']} images sampled now, {rate:.2f} images/s)")

@@ -379,6 +379,14 @@ def test_two_ranks_write_the_same_npz_bytes(reference, checkpoints, tmp_path):
 
 
 @pytest.mark.mpi
+def test_two_ranks_fail_together_with_one_line(reference, checkpoints):
+    completed = run_script(sampling_flags(checkpoints["uncond"], reference["out_dir"], seed=9), nproc=2)
+    assert completed.returncode != 0
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("image_sample.py: error:")]
+    assert errors and all("holds samples made with other flags: seed (run: 7, now: 9)" in e for e in errors), completed.stderr
+
+
+@pytest.mark.mpi
 def test_killed_run_resumes_to_the_uninterrupted_result(checkpoints, tmp_path):
     # Enough steps that a batch takes a noticeable time, so the kill lands between batches.
     flags = sampling_flags(checkpoints["uncond"], tmp_path / "killed", num_samples=12, batch_size=2,
