@@ -12,6 +12,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from evaluations.sources import open_image_source
+
 from ..image_ops import center_crop_arr, to_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -48,8 +50,6 @@ def image_batches(path, batch_size, image_size=None, limit=None):
     if os.path.isdir(path) and not _holds_npz(path):
         yield from _folder_batches(path, batch_size, image_size, limit)
         return
-    from evaluations.sources import open_image_source
-
     remaining = limit
     for batch in open_image_source(path).batches(batch_size):
         if remaining is not None:
