@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 from ..script_util import load_config, model_and_diffusion_defaults
+from ..train_util import image_train_defaults
 from .plan import TARGET_FLAGS
 
 SCRIPTS = {
@@ -20,7 +21,6 @@ SCRIPTS = {
     "tables": ["-m", "evaluations.tables"],
 }
 
-EMA_RATE = "0.9999"
 
 
 @dataclasses.dataclass
@@ -58,8 +58,18 @@ def _flags(mapping):
     return argv
 
 
-def _ema_checkpoint(run_dir, step, rate=EMA_RATE):
+def _ema_checkpoint(run_dir, step, rate):
     return os.path.join(run_dir, f"ema_{rate}_{step:06d}.pt")
+
+
+def _ema_rate(ds):
+    """The first EMA rate the training runs use: samples come from that EMA, as in the paper."""
+    rates = ds.train.get("ema_rate")
+    if rates is None:
+        rates = load_config(ds.config, image_train_defaults(), sections=("model", "diffusion", "train")).get(
+            "ema_rate", image_train_defaults()["ema_rate"]
+        )
+    return str(rates).split(",")[0].strip()
 
 
 def expand(plan):
@@ -98,6 +108,7 @@ def expand(plan):
             )
             ref_deps = [f"ref/{ds.name}"]
 
+        ema_rate = _ema_rate(ds)
         for run in ds.runs:
             run_dir = plan.under_root("runs", ds.name, run.dir_name)
             train_name = f"train/{ds.name}/{run.name}"
@@ -111,7 +122,7 @@ def expand(plan):
                     + ["--config", ds.config, "--data_dir", ds.data_dir, "--log_dir", run_dir]
                     + ["--weight_schedule", run.weight_schedule, "--resume_checkpoint", "auto"]
                     + _flags(train_flags),
-                    outputs=[_ema_checkpoint(run_dir, it) for it in ds.iterations],
+                    outputs=[_ema_checkpoint(run_dir, it, ema_rate) for it in ds.iterations],
                     deps=list(data_deps),
                     distributed=True,
                 )
@@ -132,7 +143,7 @@ def expand(plan):
                             name=f"sample/{cell}",
                             kind="sample",
                             argv=SCRIPTS["sample"]
-                            + ["--config", ds.config, "--model_path", _ema_checkpoint(run_dir, it)]
+                            + ["--config", ds.config, "--model_path", _ema_checkpoint(run_dir, it, ema_rate)]
                             + ["--sampler", setting.sampler]
                             + _sampler_step_flags(setting)
                             + ["--out_dir", sample_dir]
