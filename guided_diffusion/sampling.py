@@ -15,7 +15,8 @@ Layout of `--out_dir`:
     batches/batch_{first}_{last}.npz  one file per finished batch: arr_0 (uint8 NHWC),
                                     indices, and labels for class-conditional models
     png/{index:06d}.png             with --png
-    samples_{N}x{H}x{W}x3.npz       ADM's format: arr_0 (uint8 NHWC), arr_1 (labels, if any)
+    samples_{N}x{H}x{W}x3.npz       ADM's format: arr_0 (uint8 NHWC), arr_1 (labels, if any);
+                                    one, for the latest --num_samples
     sampling.json                   flags, checkpoint sha256, seed, world size, timing
 
 A re-run finds the sample indices that no batch file holds (whatever batch
@@ -49,6 +50,7 @@ SUMMARY_FILE = "sampling.json"
 BATCH_DIR = "batches"
 PNG_DIR = "png"
 BATCH_FILE_PATTERN = re.compile(r"^batch_(\d+)_(\d+)\.npz$")
+SAMPLES_FILE_PATTERN = re.compile(r"^samples_\d+x\d+x\d+x3\.npz$")
 PRECISIONS = ("fp32", "fp16", "bf16")
 # The tables of a dataset config (--config) that sampling reads; [train] is for training.
 CONFIG_SECTIONS = ("model", "diffusion", "sample")
@@ -701,6 +703,20 @@ def sample_to_dir(flags, progress=True):
     return result
 
 
+def applicable_flags(flags):
+    """The flags without the options of samplers other than the one used (all at their defaults)."""
+    used = SAMPLERS[flags["sampler"]].options
+    return {k: v for k, v in flags.items() if k not in SAMPLER_OPTION_DEFAULTS or k in used}
+
+
+def remove_other_merges(out_dir, keep_path):
+    """Drop merged npz files of an earlier --num_samples: one run directory holds one merged result."""
+    for name in os.listdir(out_dir):
+        path = os.path.join(out_dir, name)
+        if SAMPLES_FILE_PATTERN.match(name) and not os.path.samefile(path, keep_path):
+            os.unlink(path)
+
+
 def finish(flags, checkpoint_sha256, world_size, images_sampled, sample_seconds):
     """Rank 0, after every index is on disk: merge to ADM's npz, fill PNGs, write sampling.json."""
     out_dir = flags["out_dir"]
@@ -711,13 +727,14 @@ def finish(flags, checkpoint_sha256, world_size, images_sampled, sample_seconds)
     merge_start = time.time()
     if not os.path.exists(npz_path):
         merge_batches(batch_dir, num_samples, npz_path)
+        remove_other_merges(out_dir, npz_path)
     merge_seconds = time.time() - merge_start
     if flags["png"]:
         png_dir = os.path.join(out_dir, PNG_DIR)
         for first, images, _ in iter_samples_in_order(batch_dir, num_samples):
             write_pngs(png_dir, images, range(first, first + len(images)), skip_existing=True)
     summary = dict(
-        flags=flags,
+        flags=applicable_flags(flags),
         model_path=flags["model_path"],
         checkpoint_sha256=checkpoint_sha256,
         seed=flags["seed"],

@@ -207,6 +207,9 @@ def test_run_writes_adm_npz_batches_and_summary(reference, checkpoints):
     assert summary["model_path"] == checkpoints["uncond"]
     assert summary["checkpoint_sha256"] == sampling.file_sha256(checkpoints["uncond"])
     assert summary["timing"]["images_sampled"] == 10
+    # Options of other samplers are left out, so readers cannot mistake them for this run's.
+    assert "sampling_steps" not in summary["flags"] and "eta" not in summary["flags"]
+    assert summary["flags"]["timestep_respacing"] == "4" and summary["flags"]["batch_size"] == 3
 
 
 def test_batch_size_does_not_change_images(reference, checkpoints, tmp_path):
@@ -231,6 +234,7 @@ def test_growing_num_samples_reuses_what_exists(reference, checkpoints, tmp_path
     second, data = run_library(checkpoints["uncond"], tmp_path)
     assert (first["images_sampled"], second["images_sampled"]) == (6, 4)
     np.testing.assert_array_equal(data["arr_0"], reference["images"])
+    assert [p.name for p in tmp_path.glob("samples_*.npz")] == ["samples_10x8x8x3.npz"]
 
 
 def test_png_files_match_npz_and_are_restored(checkpoints, tmp_path):
