@@ -331,6 +331,10 @@ def test_ddim_grid_starts_every_checkpoint_and_step_count_from_the_same_noise(ch
     np.testing.assert_array_equal(together, expected)
     with pytest.raises(ValueError, match="--sampler"):
         few_step.sample_images(diffusion, model, 1, IMAGE_SIZE, sampler="euler")
+    with pytest.raises(ValueError, match="--steps: 1 is too few"):
+        few_step.run(settings, [("constant", "unused.pt")], steps=[1, 2])
+    with pytest.raises(ValueError, match="--num_samples must be at least 1"):
+        few_step.run(settings, [("constant", "unused.pt")], num_samples=0)
 
 
 # ---------------------------------------------------------------- fid_curves

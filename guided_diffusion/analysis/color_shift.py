@@ -16,7 +16,7 @@ import numpy as np
 from scipy import linalg
 from tqdm.auto import tqdm
 
-from .flags import parse_named_paths
+from .flags import parse_named_paths, require_positive
 from .images import image_batches
 from .outputs import output_prefix, save_figure, write_csv
 from .plotting import new_figure
@@ -159,5 +159,8 @@ def write_color_shift(result, prefix):
 
 def run(samples, reference, out=None, image_size=None, batch_size=256, reference_limit=None, progress=True):
     """`samples` as `name[:T]=path,...` (see parse_sample_sets); writes the CSV and the bar plot."""
+    require_positive(batch_size, "--batch_size")
+    if reference_limit is not None:
+        require_positive(reference_limit, "--reference_limit")
     result = color_shift(parse_sample_sets(samples), reference, image_size, batch_size, reference_limit, progress)
     return write_color_shift(result, output_prefix(out, "color_shift"))

@@ -6,10 +6,10 @@ makes both a function of (seed, i) alone, whatever the batch size.
 """
 
 import numpy as np
-import torch as th
 from tqdm.auto import tqdm
 
 from ..noise import IndexedNoise
+from .flags import require_positive
 from .models import default_device, iter_models, make_diffusion
 from .outputs import output_prefix, save_figure, save_npz, write_csv
 from .plotting import grid_dpi, image_grid_figure, to_uint8_images
@@ -80,6 +80,11 @@ def write_few_step(samples, prefix, sampler="ddpm"):
 def run(settings, checkpoints, out=None, steps=DEFAULT_STEPS, num_samples=4, seed=0, sampler="ddpm", batch_size=16,
         device=None, progress=True):
     """Sample `num_samples` images per checkpoint and T, write the grid, the CSV and the samples."""
+    require_positive(num_samples, "--num_samples")
+    require_positive(batch_size, "--batch_size")
+    for T in steps:
+        if T < 2:
+            raise ValueError(f"--steps: {T} is too few; a respaced process needs at least 2 steps")
     device = device or default_device()
     models = iter_models(checkpoints, settings, device)
     samples = few_step_samples(

@@ -56,3 +56,9 @@ def parse_int_list(text, flag):
     if not values:
         raise ValueError(f"{flag} is empty: expected comma-separated integers")
     return values
+
+
+def require_positive(value, flag):
+    if value < 1:
+        raise ValueError(f"{flag} must be at least 1, got {value}")
+    return value

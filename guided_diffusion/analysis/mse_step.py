@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..noise import IndexedNoise
 from .images import read_images
+from .flags import require_positive
 from .models import default_device, iter_models, make_diffusion
 from .outputs import output_prefix, save_figure, write_csv
 from .plotting import new_figure, to_model_images
@@ -111,6 +112,8 @@ def write_mse_step(curves, timesteps, prefix):
 def run(settings, checkpoints, data_dir, out=None, num_images=32, stride=1, seed=0, batch_size=16, device=None,
         progress=True):
     """Read `num_images` real images, compute every curve for the (name, path) `checkpoints`, write PNG and CSV."""
+    require_positive(num_images, "--num_images")
+    require_positive(batch_size, "--batch_size")
     device = device or default_device()
     diffusion = make_diffusion(settings)
     images = read_images(data_dir, num_images, settings["image_size"])

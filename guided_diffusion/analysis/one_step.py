@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .mse_step import image_noise
 from .images import read_images
+from .flags import require_positive
 from .models import default_device, iter_models, make_diffusion
 from .outputs import output_prefix, save_figure, write_csv
 from .plotting import grid_dpi, image_grid_figure, to_model_images, to_uint8_images
@@ -104,6 +105,8 @@ def write_one_step(result, prefix):
 def run(settings, checkpoints, data_dir, out=None, num_images=4, timesteps=DEFAULT_TIMESTEPS, seed=0,
         clip_denoised=True, batch_size=16, device=None, progress=True):
     """Read `num_images` real images, estimate x0 at every t for each (name, path) checkpoint, write PNGs and CSV."""
+    require_positive(num_images, "--num_images")
+    require_positive(batch_size, "--batch_size")
     device = device or default_device()
     diffusion = make_diffusion(settings)
     images = read_images(data_dir, num_images, settings["image_size"])
