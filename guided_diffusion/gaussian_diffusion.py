@@ -146,10 +146,12 @@ class GaussianDiffusion:
 
         # q(x_{t-1} | x_t, x_0)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # The posterior variance is 0 at t = 0; its log is taken from t = 1 there.
-        self.posterior_log_variance_clipped = np.log(
-            np.append(self.posterior_variance[1], self.posterior_variance[1:])
-        )
+        # The posterior variance is 0 at t = 0; its log is taken from t = 1 there
+        # (from beta_0 for a one-step process, which has no t = 1).
+        first = self.posterior_variance[1] if self.num_timesteps > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
+        # The fixed "large" variance is beta, with the same t = 0 exception.
+        self.large_variance = np.append(first, betas[1:])
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
@@ -258,12 +260,8 @@ class GaussianDiffusion:
                 model_variance = th.exp(model_log_variance)
         else:
             variance, log_variance = {
-                # The large variance uses beta but the posterior variance at t = 0
-                # so that the final step's log-likelihood stays finite.
-                ModelVarType.FIXED_LARGE: (
-                    np.append(self.posterior_variance[1], self.betas[1:]),
-                    np.log(np.append(self.posterior_variance[1], self.betas[1:])),
-                ),
+                # The posterior variance at t = 0 keeps the final step's log-likelihood finite.
+                ModelVarType.FIXED_LARGE: (self.large_variance, np.log(self.large_variance)),
                 ModelVarType.FIXED_SMALL: (self.posterior_variance, self.posterior_log_variance_clipped),
             }[self.model_var_type]
             model_variance = _extract_into_tensor(variance, t, x.shape)

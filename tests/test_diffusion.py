@@ -318,3 +318,10 @@ def test_bad_shapes_are_refused_with_a_message():
     d = make(steps=10, learn_sigma=True)
     with pytest.raises(ValueError, match="must output 6 channels"):
         d.training_losses(AffineModel(), th.zeros(1, 3, 2, 2), th.tensor([3]))
+
+
+def test_one_step_process_samples():
+    d = make(timestep_respacing="1")
+    assert d.num_timesteps == 1 and np.isfinite(d.posterior_log_variance_clipped).all()
+    out = d.p_sample_loop(AffineModel(), (2, 3, 2, 2))
+    assert out.shape == (2, 3, 2, 2) and out.abs().max() <= 1
