@@ -9,6 +9,8 @@ import time
 
 from . import launch
 
+FINISHED_PREFIX = "# finished in"
+
 # Stages that combine whatever cells succeeded; a failed cell must not hold them back.
 _GATHERING_KINDS = ("tables", "figure", "report")
 
@@ -67,7 +69,8 @@ def _run_one(stage, plan, jobs, echo, env_threads):
                 sys.stderr.buffer.write(chunk)
                 sys.stderr.flush()
         returncode = proc.wait()
-    seconds = time.time() - start
+        seconds = time.time() - start
+        f.write(f"\n{FINISHED_PREFIX} {seconds:.1f} s (exit {returncode})\n".encode())
     return Outcome(stage.name, "ran" if returncode == 0 else "failed", seconds, log, returncode)
 
 

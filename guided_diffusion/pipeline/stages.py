@@ -77,6 +77,7 @@ def expand(plan):
     stages = []
     results = plan.under_root("results", "results.jsonl")
     evaluate_names = []
+    index = {}
     for ds in plan.datasets:
         prepare_name = None
         if ds.source is not None or ds.name == "embedded":
@@ -109,6 +110,14 @@ def expand(plan):
             ref_deps = [f"ref/{ds.name}"]
 
         ema_rate = _ema_rate(ds)
+        entry = index[ds.name] = {
+            "config": ds.config,
+            "data_dir": ds.data_dir,
+            "prepare": list(data_deps),
+            "train": {},
+            "samples": [],
+            "evaluations": [],
+        }
         for run in ds.runs:
             run_dir = plan.under_root("runs", ds.name, run.dir_name)
             train_name = f"train/{ds.name}/{run.name}"
@@ -127,6 +136,7 @@ def expand(plan):
                     distributed=True,
                 )
             )
+            entry["train"][run.name] = (train_name, _ema_checkpoint(run_dir, max(ds.iterations), ema_rate))
             for it in ds.iterations:
                 for setting in ds.samplers:
                     if not setting.applies_to(it, run):
@@ -171,6 +181,9 @@ def expand(plan):
                         )
                     )
                     evaluate_names.append(f"evaluate/{cell}")
+                    entry["evaluations"].append(f"evaluate/{cell}")
+                    if it == max(ds.iterations):
+                        entry["samples"].append((run.name, setting.steps, npz, f"sample/{cell}"))
 
     tables_dir = plan.under_root("results", "tables")
     stages.append(
@@ -182,7 +195,19 @@ def expand(plan):
             deps=evaluate_names,
         )
     )
-    stages.extend(_figure_stages(plan, evaluate_names, results))
+    figures = _figure_stages(plan, index, results)
+    stages.extend(figures)
+    if plan.report:
+        out = plan.report.get("out", plan.under_root("report"))
+        stages.append(
+            Stage(
+                name="report",
+                kind="report",
+                argv=["scripts/make_report.py", plan.path, "--root", plan.root, "--out", out],
+                outputs=[os.path.join(out, "README.md")],
+                deps=["tables"] + [f.name for f in figures],
+            )
+        )
     return stages
 
 
@@ -200,31 +225,51 @@ def _image_size(ds):
     return int(config.get("image_size", model_and_diffusion_defaults()["image_size"]))
 
 
-def _figure_stages(plan, evaluate_names, results):
-    """Figures named in [figures]: each is an analysis script with its flags; outputs are its PNG and CSV."""
+def _figure_stages(plan, index, results):
+    """[figures.NAME] tables: an analysis script, the inputs it takes from the grid, and its own flags.
+
+    `inputs` may name "config" (the dataset's config), "checkpoints" (every run's
+    last EMA checkpoint as name=path), "data" (the prepared images),
+    "reference" (the same, under --reference), "samples" (every sample npz of
+    the last checkpoint as run:T=path) and "results" (the registry). The
+    figure waits for the stages that make those inputs, or for every
+    evaluation when it reads the registry.
+    """
     stages = []
     for name, spec in plan.figures.items():
         if not isinstance(spec, dict) or "script" not in spec:
-            continue
+            raise ValueError(f"[figures.{name}] needs a 'script' (a file of scripts/analysis/)")
+        label = spec.get("dataset", plan.datasets[0].name)
+        if label not in index:
+            raise ValueError(f"[figures.{name}] names dataset {label!r}, which the plan does not have")
+        ds = index[label]
+        argv, deps = [f"scripts/analysis/{spec['script']}.py"], []
+        for item in spec.get("inputs", []):
+            if item == "config":
+                argv += ["--config", ds["config"]]
+            elif item == "checkpoints":
+                argv += ["--checkpoints", ",".join(f"{run}={path}" for run, (_, path) in ds["train"].items())]
+                deps += [stage for stage, _ in ds["train"].values()]
+            elif item in ("data", "reference"):
+                argv += ["--data_dir" if item == "data" else "--reference", ds["data_dir"]]
+                deps += ds["prepare"]
+            elif item == "samples":
+                argv += ["--samples", ",".join(f"{run}:{steps}={npz}" for run, steps, npz, _ in ds["samples"])]
+                deps += [stage for _, _, _, stage in ds["samples"]]
+            elif item == "results":
+                argv += ["--results", results, "--dataset", label]
+                deps += ds["evaluations"]
+            else:
+                raise ValueError(f"[figures.{name}] unknown input {item!r}")
         out = plan.under_root("figures", name)
-        flags = {k: v for k, v in spec.items() if k not in ("script", "needs", "args")}
-        needs = spec.get("needs", "evaluate")
-        deps = evaluate_names if needs == "evaluate" else [s for s in _names_of_kind(plan, needs)]
+        flags = {k: v for k, v in spec.items() if k not in ("script", "dataset", "inputs")}
         stages.append(
             Stage(
                 name=f"figure/{name}",
                 kind="figure",
-                argv=[f"scripts/analysis/{spec['script']}.py", "--out", out] + list(spec.get("args", [])) + _flags(flags),
+                argv=argv + ["--out", out] + _flags(flags),
                 outputs=[out + ".png", out + ".csv"],
-                deps=list(deps),
+                deps=deps,
             )
         )
     return stages
-
-
-def _names_of_kind(plan, kind):
-    if kind == "none":
-        return []
-    if kind == "train":
-        return [f"train/{ds.name}/{run.name}" for ds in plan.datasets for run in ds.runs]
-    raise ValueError(f"figure 'needs' must be 'evaluate', 'train' or 'none', got {kind!r}")
