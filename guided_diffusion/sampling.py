@@ -36,6 +36,7 @@ import zipfile
 import blobfile as bf
 import numpy as np
 import torch as th
+import torch.distributed as dist
 from PIL import Image
 
 from . import checkpoint, dist_util, fast_samplers
@@ -604,8 +605,6 @@ class _Progress:
 
 def _wait_for_all_ranks(progress):
     """Barrier; rank 0 keeps its bar moving while the other ranks finish."""
-    import torch.distributed as dist
-
     if dist_util.get_world_size() == 1 or not dist.is_initialized():
         return
     if not dist_util.is_main():
