@@ -24,7 +24,7 @@ from .convert_inception import default_cache_dir
 from .errors import EvaluationError, MissingInputError
 from .features import DEFAULT_BATCH_SIZE, pool_statistics
 from .inception import InceptionFeatures
-from .sources import open_image_source
+from .sources import FirstImages, open_image_source
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,9 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--cache_dir", default=default_statistics_cache_dir(), help="'' disables the cache")
+    parser.add_argument(
+        "--num_images", type=int, default=None, help="only the first N images (quick runs; the paper uses the full set)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -131,6 +134,8 @@ def main(argv=None):
             raise EvaluationError(f"--batch_size must be positive, got {args.batch_size}")
         inception = InceptionFeatures(args.inception_weights, device=args.device)
         source = open_image_source(args.input)
+        if args.num_images is not None:
+            source = FirstImages(source, args.num_images)
         mu, sigma = image_statistics(args.input, inception, args.batch_size, args.cache_dir or None, source=source)
         save_statistics(args.out, mu, sigma, source.num_images)
     except EvaluationError as err:

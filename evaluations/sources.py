@@ -232,6 +232,28 @@ class ImageFolder:
                 yield np.stack(list(pool.map(self._decode, names)))
 
 
+class FirstImages:
+    """The first `limit` images of another source, in its order (for quick reference statistics)."""
+
+    def __init__(self, source, limit):
+        if limit < 2:
+            raise EvaluationError(f"--num_images must be at least 2, got {limit}")
+        self.source = source
+        self.num_images = min(limit, source.num_images)
+        self.image_shape = source.image_shape
+
+    def fingerprint(self):
+        return f"{self.source.fingerprint()}|first{self.num_images}"
+
+    def batches(self, batch_size):
+        remaining = self.num_images
+        for batch in self.source.batches(min(batch_size, remaining)):
+            if remaining <= 0:
+                break
+            yield batch[:remaining]
+            remaining -= min(len(batch), remaining)
+
+
 def _npz_files(directory):
     return [
         n

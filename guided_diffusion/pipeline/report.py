@@ -79,9 +79,13 @@ def mse_readings(rows, runs):
         large, small = means.get((curve, "large")), means.get((curve, "small"))
         if large is None and small is None:
             continue
-        lines.append(
-            f"| {curve} | {_fmt(large, 4)} | {relative(large, base_large)} | {_fmt(small, 4)} | {relative(small, base_small)} |"
-        )
+        if curve == "Initial":
+            lines.append(f"| {curve} | {_fmt(large, 4)} | — | {_fmt(small, 4)} | — |")
+        else:
+            lines.append(
+                f"| {curve} | {_fmt(large, 4)} | {relative(large, base_large)} | {_fmt(small, 4)} | "
+                f"{relative(small, base_small)} |"
+            )
     return "\n".join(lines), means
 
 

@@ -262,7 +262,7 @@ def _figure_stages(plan, index, results):
             else:
                 raise ValueError(f"[figures.{name}] unknown input {item!r}")
         out = plan.under_root("figures", name)
-        flags = {k: v for k, v in spec.items() if k not in ("script", "dataset", "inputs")}
+        flags = {k: v for k, v in spec.items() if k not in ("script", "dataset", "inputs", "caption")}
         stages.append(
             Stage(
                 name=f"figure/{name}",
