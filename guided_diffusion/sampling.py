@@ -192,7 +192,7 @@ def _check_fast_sampler(flags):
 
 register_sampler("ddpm", _ddpm, options=("clip_denoised",))
 register_sampler("ddim", _ddim, options=("clip_denoised", "eta"))
-_FAST_OPTION_DEFAULTS = dict(sampling_steps=20, solver_order=3, skip_type="time_uniform", unipc_variant="bh2")
+_FAST_OPTION_DEFAULTS = dict(sampling_steps=20, solver_order=3, skip_type="logSNR", unipc_variant="bh2")
 register_sampler(
     "dpm_solver",
     _fast_sampler("dpm_solver"),
