@@ -20,5 +20,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow and not mpi"
 
+# The whole pipeline at CPU size: embedded dataset, four weightings, DDIM 5/10/25, FID, figures, report.
+demo: $(STAMP)
+	$(PY) scripts/reproduce.py configs/plans/demo.toml --jobs 2
+	@echo "report: reports/demo/README.md"
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info work/demo reports/demo
