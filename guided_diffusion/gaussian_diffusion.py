@@ -99,6 +99,13 @@ def _extract_into_tensor(arr, timesteps, broadcast_shape):
     return res.expand(broadcast_shape)
 
 
+def _last(iterable):
+    item = None
+    for item in iterable:
+        pass
+    return item
+
+
 def _default_randn_like(x):
     return th.randn_like(x)
 
@@ -330,35 +337,9 @@ class GaussianDiffusion:
         sample = out["mean"] + nonzero_mask * th.exp(0.5 * out["log_variance"]) * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
-    def p_sample_loop(
-        self,
-        model,
-        shape,
-        noise=None,
-        clip_denoised=True,
-        denoised_fn=None,
-        cond_fn=None,
-        model_kwargs=None,
-        device=None,
-        progress=False,
-        noise_source=None,
-    ):
-        """Ancestral sampling from x_T to x_0; returns the final sample."""
-        final = None
-        for final in self.p_sample_loop_progressive(
-            model,
-            shape,
-            noise=noise,
-            clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn,
-            cond_fn=cond_fn,
-            model_kwargs=model_kwargs,
-            device=device,
-            progress=progress,
-            noise_source=noise_source,
-        ):
-            pass
-        return final["sample"]
+    def p_sample_loop(self, model, shape, *args, **kwargs):
+        """Ancestral sampling from x_T to x_0; takes p_sample_loop_progressive's arguments, returns the sample."""
+        return _last(self.p_sample_loop_progressive(model, shape, *args, **kwargs))["sample"]
 
     def _initial_noise(self, shape, noise, device, noise_source):
         if noise is not None:
@@ -390,22 +371,28 @@ class GaussianDiffusion:
         noise_source=None,
     ):
         """Yield the output of every ancestral step, from t = T-1 down to 0."""
+        yield from self._loop_progressive(
+            self.p_sample,
+            model,
+            shape,
+            noise,
+            device,
+            progress,
+            noise_source,
+            clip_denoised=clip_denoised,
+            denoised_fn=denoised_fn,
+            cond_fn=cond_fn,
+            model_kwargs=model_kwargs,
+        )
+
+    def _loop_progressive(self, step, model, shape, noise, device, progress, noise_source, **step_kwargs):
         if device is None:
             device = next(model.parameters()).device
         img = self._initial_noise(shape, noise, device, noise_source)
         for i in self._timesteps(progress):
             t = th.full((shape[0],), i, device=device, dtype=th.long)
             with th.no_grad():
-                out = self.p_sample(
-                    model,
-                    img,
-                    t,
-                    clip_denoised=clip_denoised,
-                    denoised_fn=denoised_fn,
-                    cond_fn=cond_fn,
-                    model_kwargs=model_kwargs,
-                    noise_source=noise_source,
-                )
+                out = step(model, img, t, noise_source=noise_source, **step_kwargs)
             yield out
             img = out["sample"]
 
@@ -450,36 +437,9 @@ class GaussianDiffusion:
         mean_pred = out["pred_xstart"] * th.sqrt(alpha_bar_next) + th.sqrt(1 - alpha_bar_next) * eps
         return {"sample": mean_pred, "pred_xstart": out["pred_xstart"]}
 
-    def ddim_sample_loop(
-        self,
-        model,
-        shape,
-        noise=None,
-        clip_denoised=True,
-        denoised_fn=None,
-        cond_fn=None,
-        model_kwargs=None,
-        device=None,
-        progress=False,
-        eta=0.0,
-        noise_source=None,
-    ):
-        final = None
-        for final in self.ddim_sample_loop_progressive(
-            model,
-            shape,
-            noise=noise,
-            clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn,
-            cond_fn=cond_fn,
-            model_kwargs=model_kwargs,
-            device=device,
-            progress=progress,
-            eta=eta,
-            noise_source=noise_source,
-        ):
-            pass
-        return final["sample"]
+    def ddim_sample_loop(self, model, shape, *args, **kwargs):
+        """DDIM sampling from x_T to x_0; takes ddim_sample_loop_progressive's arguments, returns the sample."""
+        return _last(self.ddim_sample_loop_progressive(model, shape, *args, **kwargs))["sample"]
 
     def ddim_sample_loop_progressive(
         self,
@@ -495,25 +455,21 @@ class GaussianDiffusion:
         eta=0.0,
         noise_source=None,
     ):
-        if device is None:
-            device = next(model.parameters()).device
-        img = self._initial_noise(shape, noise, device, noise_source)
-        for i in self._timesteps(progress):
-            t = th.full((shape[0],), i, device=device, dtype=th.long)
-            with th.no_grad():
-                out = self.ddim_sample(
-                    model,
-                    img,
-                    t,
-                    clip_denoised=clip_denoised,
-                    denoised_fn=denoised_fn,
-                    cond_fn=cond_fn,
-                    model_kwargs=model_kwargs,
-                    eta=eta,
-                    noise_source=noise_source,
-                )
-            yield out
-            img = out["sample"]
+        """Yield the output of every DDIM step, from t = T-1 down to 0."""
+        yield from self._loop_progressive(
+            self.ddim_sample,
+            model,
+            shape,
+            noise,
+            device,
+            progress,
+            noise_source,
+            clip_denoised=clip_denoised,
+            denoised_fn=denoised_fn,
+            cond_fn=cond_fn,
+            model_kwargs=model_kwargs,
+            eta=eta,
+        )
 
     # ---- losses ------------------------------------------------------------
 

@@ -110,23 +110,15 @@ def create_model_and_diffusion(
         use_fp16=use_fp16,
         use_new_attention_order=use_new_attention_order,
     )
-    diffusion = create_gaussian_diffusion(
-        steps=diffusion_steps,
-        learn_sigma=learn_sigma,
-        noise_schedule=noise_schedule,
-        use_kl=use_kl,
-        predict_xstart=predict_xstart,
-        predict_v=predict_v,
-        rescale_timesteps=rescale_timesteps,
-        rescale_learned_sigmas=rescale_learned_sigmas,
-        timestep_respacing=timestep_respacing,
-        weight_schedule=weight_schedule,
-        weight_space=weight_space,
-        p2_k=p2_k,
-        p2_gamma=p2_gamma,
-        min_snr_gamma=min_snr_gamma,
-    )
+    diffusion = create_gaussian_diffusion(**diffusion_kwargs(locals()))
     return model, diffusion
+
+
+def diffusion_kwargs(flags):
+    """create_gaussian_diffusion's arguments from a dict with model_and_diffusion_defaults' keys."""
+    kwargs = {key: flags[key] for key in diffusion_defaults() if key != "diffusion_steps"}
+    kwargs["steps"] = flags["diffusion_steps"]
+    return kwargs
 
 
 def parse_channel_mult(channel_mult, image_size):

@@ -3,7 +3,12 @@
 import torch as th
 
 from ..checkpoint import load_model_checkpoint
-from ..script_util import create_gaussian_diffusion, create_model_and_diffusion, model_and_diffusion_defaults
+from ..script_util import (
+    create_gaussian_diffusion,
+    create_model_and_diffusion,
+    diffusion_kwargs,
+    model_and_diffusion_defaults,
+)
 
 
 def default_device():
@@ -30,22 +35,7 @@ def load_model(path, settings, device):
 
 def make_diffusion(settings, timestep_respacing=""):
     """The diffusion of `settings` over the given respacing ("" is every training step)."""
-    return create_gaussian_diffusion(
-        steps=settings["diffusion_steps"],
-        learn_sigma=settings["learn_sigma"],
-        noise_schedule=settings["noise_schedule"],
-        use_kl=settings["use_kl"],
-        predict_xstart=settings["predict_xstart"],
-        predict_v=settings["predict_v"],
-        rescale_timesteps=settings["rescale_timesteps"],
-        rescale_learned_sigmas=settings["rescale_learned_sigmas"],
-        timestep_respacing=timestep_respacing,
-        weight_schedule=settings["weight_schedule"],
-        weight_space=settings["weight_space"],
-        p2_k=settings["p2_k"],
-        p2_gamma=settings["p2_gamma"],
-        min_snr_gamma=settings["min_snr_gamma"],
-    )
+    return create_gaussian_diffusion(**{**diffusion_kwargs(settings), "timestep_respacing": timestep_respacing})
 
 
 def iter_models(specs, settings, device):

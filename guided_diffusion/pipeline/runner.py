@@ -47,13 +47,14 @@ def _log_path(plan, stage):
     return plan.under_root("logs", stage.name.replace("/", "__") + ".log")
 
 
-def _run_one(stage, plan, jobs, echo, env_threads):
+def _run_one(stage, plan, echo, env_threads):
     log = _log_path(plan, stage)
     os.makedirs(os.path.dirname(log), exist_ok=True)
     argv = launch.command(stage, plan.launcher, plan.nproc)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if env_threads:
-        env.setdefault("OMP_NUM_THREADS", str(env_threads))
+        # Stages running side by side share the cores instead of each taking all of them.
+        env["OMP_NUM_THREADS"] = str(env_threads)
     start = time.time()
     with open(log, "wb") as f:
         f.write((launch.shell_line(argv) + "\n").encode())
@@ -89,7 +90,7 @@ def run(stages, plan, jobs=1, echo=None, stream=sys.stdout):
             print(f"[{time.time() - start_all:7.1f}s] {text}", file=stream, flush=True)
 
     def worker(stage):
-        outcome = _run_one(stage, plan, jobs, echo, threads)
+        outcome = _run_one(stage, plan, echo, threads)
         with lock:
             outcomes[stage.name] = outcome
             running.pop(stage.name, None)
@@ -99,32 +100,33 @@ def run(stages, plan, jobs=1, echo=None, stream=sys.stdout):
             say(f"FAILED {stage.name} (exit {outcome.returncode}) after {outcome.seconds:.1f}s; log: {outcome.log}")
 
     remaining = list(stages)
+
+    def next_ready():
+        # The first stage in plan order whose dependencies have all ended.
+        with lock:
+            for stage in remaining:
+                if all(d in outcomes for d in stage.deps):
+                    return stage
+        return None
+
     while remaining or running:
-        progressed = False
-        for stage in list(remaining):
-            with lock:
-                dep_states = [outcomes.get(d) for d in stage.deps]
-            if any(o is None for o in dep_states):
-                continue
-            remaining.remove(stage)
-            progressed = True
-            blocked = [o.stage for o in dep_states if o.status in ("failed", "blocked")]
-            if blocked and stage.kind not in _GATHERING_KINDS:
-                outcomes[stage.name] = Outcome(stage.name, "blocked", log=", ".join(blocked))
-                say(f"skipped {stage.name}: needs {', '.join(blocked)}")
-                continue
-            if stage.is_done(by_name):
-                outcomes[stage.name] = Outcome(stage.name, "done")
-                continue
-            while len(running) >= jobs:
-                time.sleep(0.2)
+        stage = next_ready() if len(running) < jobs else None
+        if stage is None:
+            time.sleep(0.2)
+            continue
+        remaining.remove(stage)
+        blocked = [d for d in stage.deps if outcomes[d].status in ("failed", "blocked")]
+        if blocked and stage.kind not in _GATHERING_KINDS:
+            outcomes[stage.name] = Outcome(stage.name, "blocked", log=", ".join(blocked))
+            say(f"skipped {stage.name}: needs {', '.join(blocked)}")
+        elif stage.is_done(by_name):
+            outcomes[stage.name] = Outcome(stage.name, "done")
+        else:
             say(f"started {stage.name}")
             thread = threading.Thread(target=worker, args=(stage,), daemon=True)
             with lock:
                 running[stage.name] = thread
             thread.start()
-        if not progressed:
-            time.sleep(0.2)
     return [outcomes[s.name] for s in stages]
 
 
