@@ -7,6 +7,7 @@ returned dictionaries) is ADM's, so code written against guided-diffusion runs
 unchanged.
 """
 
+import collections
 import enum
 import math
 
@@ -100,10 +101,7 @@ def _extract_into_tensor(arr, timesteps, broadcast_shape):
 
 
 def _last(iterable):
-    item = None
-    for item in iterable:
-        pass
-    return item
+    return collections.deque(iterable, maxlen=1).pop()
 
 
 def _default_randn_like(x):

@@ -35,7 +35,7 @@ class ScheduleSampler(ABC):
         return {}
 
     def load_state_dict(self, state):
-        pass
+        """Restore what state_dict() saved; a stateless sampler has nothing to restore."""
 
 
 class UniformSampler(ScheduleSampler):

@@ -29,7 +29,7 @@ GENERATED_DATASETS = frozenset({"embedded"})
 
 
 class UnknownDatasetError(ValueError):
-    pass
+    """A dataset name that prepare.py does not know."""
 
 
 def dataset_spec(name):
