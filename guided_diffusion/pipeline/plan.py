@@ -24,7 +24,19 @@ A plan looks like
     runs = ["constant", "p2", "min_snr", "debias"]   # weighting, or weighting@target (eps|x0|v)
     iterations = [500000]          # which checkpoints to sample and evaluate
 
-Any table may also appear inside a [[datasets]] entry to override the plan-wide one for that dataset.
+    [evaluate]                     # flags for evaluations.fid; metrics = ["is"] adds --is,
+    ref_flags = { num_images = 500 }   # ref_flags go to evaluations.ref_stats
+
+    [figures.mse_step]             # an analysis script; inputs come from the grid (see stages.py)
+    script = "mse_step"
+    inputs = ["config", "checkpoints", "data"]
+
+    [report]
+    out = "reports/demo"
+
+[train], [sample], [evaluate] and [prepare] may also appear inside a [[datasets]] entry to override
+the plan-wide ones for that dataset. A sampler entry may carry `iterations` and `runs` to apply
+only to some checkpoints and runs (e.g. Table 4's x0 and v runs at T=100 only).
 """
 
 import dataclasses
