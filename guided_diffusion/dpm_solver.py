@@ -97,30 +97,33 @@ def multistep_orders(steps, order, lower_order_final=True):
     return orders
 
 
-def sample_dpm_solver_pp(data_fn, x_T, noise_schedule, times, order=3, lower_order_final=True, progress=False):
-    """Integrate from times[0] to times[-1] with DPM-Solver++ multistep; len(times) - 1 model evaluations.
-
-    `data_fn(x, t)` returns the data prediction x0 at continuous time t.
-    """
+def multistep_plan(times, order, lower_order_final=True, progress=False):
+    """For each step from times[0] to times[-1]: (its end time, its order, whether it is the last)."""
     steps = len(times) - 1
     orders = multistep_orders(steps, order, lower_order_final)
-    x = x_T
-    t_history = [float(times[0])]
-    x0_history = [data_fn(x, t_history[0])]
     step_indices = range(1, steps + 1)
     if progress:
         from tqdm.auto import tqdm
 
         step_indices = tqdm(step_indices)
     for step in step_indices:
-        t = float(times[step])
-        step_order = orders[step - 1]
+        yield float(times[step]), orders[step - 1], step == steps
+
+
+def sample_dpm_solver_pp(data_fn, x_T, noise_schedule, times, order=3, lower_order_final=True, progress=False):
+    """Integrate from times[0] to times[-1] with DPM-Solver++ multistep; len(times) - 1 model evaluations.
+
+    `data_fn(x, t)` returns the data prediction x0 at continuous time t.
+    """
+    x = x_T
+    t_history = [float(times[0])]
+    x0_history = [data_fn(x, t_history[0])]
+    for t, step_order, is_last in multistep_plan(times, order, lower_order_final, progress):
         if step_order == 1:
             x = first_order_update(x, x0_history[-1], t_history[-1], t, noise_schedule)
         else:
             x = _UPDATES[step_order](x, x0_history, t_history, t, noise_schedule)
-        if step < steps:
+        if not is_last:
             t_history = (t_history + [t])[-order:]
             x0_history = (x0_history + [data_fn(x, t)])[-order:]
     return x
-

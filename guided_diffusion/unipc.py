@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from .dpm_solver import multistep_orders
+from .dpm_solver import multistep_plan
 
 VARIANTS = ("bh1", "bh2")
 
@@ -103,21 +103,12 @@ def sample_unipc(data_fn, x_T, noise_schedule, times, order=3, variant="bh2", lo
     """Integrate from times[0] to times[-1] with UniPC; len(times) - 1 model evaluations."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown UniPC --variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    steps = len(times) - 1
-    orders = multistep_orders(steps, order, lower_order_final)
     x = x_T
     t_history = [float(times[0])]
     x0_history = [data_fn(x, t_history[0])]
-    step_indices = range(1, steps + 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        step_indices = tqdm(step_indices)
-    for step in step_indices:
-        t = float(times[step])
-        is_last = step == steps
+    for t, step_order, is_last in multistep_plan(times, order, lower_order_final, progress):
         x, x0_t = unipc_step(
-            x, x0_history, t_history, t, orders[step - 1], noise_schedule, variant, data_fn=None if is_last else data_fn
+            x, x0_history, t_history, t, step_order, noise_schedule, variant, data_fn=None if is_last else data_fn
         )
         if not is_last:
             t_history = (t_history + [t])[-order:]
