@@ -53,6 +53,7 @@ def training_defaults():
         batch_size=1,
         microbatch=-1,
         ema_rate="0.9999",
+        ema_warmup=False,
         log_interval=10,
         save_interval=10000,
         resume_checkpoint="",
@@ -86,6 +87,20 @@ def parse_ema_rates(ema_rate):
     return rates
 
 
+def ema_decay(rate, updates_before, warmup=False):
+    """The EMA decay of one update; `updates_before` counts the iterations already done.
+
+    ADM uses `rate` from the first step, so a short run's EMA is mostly its random
+    initialisation (0.999^1000 = 37% after 1000 steps). With `warmup` the decay is
+    min(rate, (1 + n) / (10 + n)) (TensorFlow's ExponentialMovingAverage with
+    num_updates), which averages roughly the last tenth of a short run and reaches
+    `rate` after 9 / (1 - rate) - 10 updates.
+    """
+    if not warmup:
+        return rate
+    return min(rate, (1.0 + updates_before) / (10.0 + updates_before))
+
+
 def stream_seed(*parts):
     """A 32-bit seed derived from integers (e.g. seed, rank, step) without collisions between tuples."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
@@ -108,6 +123,7 @@ class TrainLoop:
         lr,
         microbatch=-1,
         ema_rate="0.9999",
+        ema_warmup=False,
         log_interval=10,
         save_interval=10000,
         resume_checkpoint="",
@@ -140,6 +156,7 @@ class TrainLoop:
         self.lr = lr
         self.weight_decay = weight_decay
         self.ema_rates = parse_ema_rates(ema_rate)
+        self.ema_warmup = bool(ema_warmup)
         self.log_interval = log_interval
         self.save_interval = save_interval
         self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
@@ -253,13 +270,14 @@ class TrainLoop:
         timesteps, raw_losses, weighted_terms, finite = self.forward_backward(batch, cond)
         all_finite = dist_util.all_ranks_true(finite)
         took_step, grad_norm = self.mp_trainer.optimize(self.opt, skip=not all_finite)
+        updates_before = self.step
         self.step += 1
         self.samples += self.global_batch
         self._interval_steps += 1
         if took_step:
             self._consecutive_nonfinite = 0
             for rate, params in self.ema_params.items():
-                update_ema(params, self.mp_trainer.master_params, rate=rate)
+                update_ema(params, self.mp_trainer.master_params, rate=ema_decay(rate, updates_before, self.ema_warmup))
             if isinstance(self.schedule_sampler, LossAwareSampler):
                 self.schedule_sampler.update_with_local_losses(timesteps, raw_losses)
             self._log_losses(timesteps, weighted_terms)
@@ -357,6 +375,7 @@ class TrainLoop:
                 precision=self.mp_trainer.precision,
                 lg_loss_scale=self.mp_trainer.lg_loss_scale,
                 ema_rates=[str(float(r)) for r in self.ema_rates],
+                ema_warmup=self.ema_warmup,
                 model_sha1=digest,
                 schedule_sampler=dict(name=type(self.schedule_sampler).__name__, state=sampler_state),
                 flags=self.flags,
@@ -432,6 +451,7 @@ def _train(flags, log_dir, rank, world_size):
         microbatch=flags["microbatch"],
         lr=flags["lr"],
         ema_rate=flags["ema_rate"],
+        ema_warmup=flags["ema_warmup"],
         log_interval=flags["log_interval"],
         save_interval=flags["save_interval"],
         resume_checkpoint=flags["resume_checkpoint"],

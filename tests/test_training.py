@@ -35,7 +35,7 @@ from guided_diffusion.script_util import (
     create_model_and_diffusion,
     model_and_diffusion_defaults,
 )
-from guided_diffusion.train_util import TrainingError, TrainLoop, train
+from guided_diffusion.train_util import TrainingError, TrainLoop, ema_decay, train
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -333,6 +333,37 @@ def test_ema_follows_its_recurrence(tmp_path):
     for rate in (0.5, 0.9):
         for e, got in zip(expected[rate], loop.ema_params[rate]):
             torch.testing.assert_close(got, e)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.9, 0.999])
+def test_ema_warmup_decay_is_the_tf_formula_capped_at_the_rate(rate):
+    for n in [0, 1, 5, 9, 50, 1000, 20000]:
+        assert ema_decay(rate, n, warmup=True) == pytest.approx(min(rate, (1 + n) / (10 + n)), abs=0)
+        assert ema_decay(rate, n, warmup=False) == rate
+    # The cap is reached exactly where (1 + n) / (10 + n) = rate.
+    first_full = next(n for n in range(100000) if ema_decay(rate, n, warmup=True) == rate)
+    assert first_full == int(np.ceil((10 * rate - 1) / (1 - rate) - 1e-9))
+
+
+def test_ema_warmup_keeps_its_recurrence_across_a_resume(tmp_path):
+    """Every saved EMA equals d(n) * previous EMA + (1 - d(n)) * model, with n the iterations before the update,
+    including the first update after a resume at step 3 (the counter is restored, not restarted)."""
+    log_dir = tmp_path / "log"
+    run = dict(ema_rate="0.999", ema_warmup=True, save_interval=1, log_dir=str(log_dir))
+    tiny_loop(tmp_path, max_steps=3, **run).run_loop()
+    torch.manual_seed(1)
+    resumed = tiny_loop(tmp_path, model=TinyEpsModel(), max_steps=6, resume_checkpoint="auto", **run)
+    assert resumed.step == 3
+    resumed.data = random_batches(seed=2)
+    resumed.run_loop()
+    assert json.loads((log_dir / "checkpoint000006.json").read_text())["ema_warmup"] is True
+    for step in range(2, 7):
+        previous = torch.load(log_dir / f"ema_0.999_{step - 1:06d}.pt")
+        model = torch.load(log_dir / f"model{step:06d}.pt")
+        ema = torch.load(log_dir / f"ema_0.999_{step:06d}.pt")
+        decay = (1 + (step - 1)) / (10 + (step - 1))
+        for key in ema:
+            torch.testing.assert_close(ema[key], decay * previous[key] + (1 - decay) * model[key], rtol=0, atol=1e-6)
 
 
 def test_loss_is_logged_per_quartile_of_t(tmp_path):
