@@ -1,7 +1,9 @@
 """Prepare a dataset as a folder of PNGs that scripts/image_train.py reads with --data_dir.
 
-    python datasets/prepare.py <dataset> <source> <out_dir> [--image_size N] [--workers N] [--strict]
-    python datasets/prepare.py embedded <out_dir> [--image_size N] [--seed S] [--num_images N]
+    python -m datasets.prepare <dataset> <source> <out_dir> [--image_size N] [--workers N] [--strict]
+    python -m datasets.prepare embedded <out_dir> [--image_size N] [--seed S] [--num_images N]
+
+(`python datasets/prepare.py ...` works the same once the project is installed.)
 
 See datasets/README.md for where to download each dataset.
 """
@@ -9,11 +11,8 @@ See datasets/README.md for where to download each dataset.
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from guided_diffusion.data_prep import (  # noqa: E402 - after making the repository importable
+from datasets import (
     DATASET_MODULES,
     GENERATED_DATASETS,
     prepare_dataset,

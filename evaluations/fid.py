@@ -7,9 +7,9 @@
 images in any form `--samples` accepts (their statistics are cached).
 `--samples` is an ADM sample npz, a folder of sample batches or an image
 folder. Each run appends one line to the results registry; fields not given
-as flags are taken from the sampling stage's JSON beside the samples and the
-training manifest of its checkpoint, then from ADM's defaults (eps
-prediction, DDPM sampler). `--metrics_out` writes the same record as JSON.
+as flags are taken from the run record that sampling wrote beside the samples
+(`sampling.json`), then from ADM's defaults (eps prediction, DDPM sampler).
+`--metrics_out` writes the same record as JSON.
 """
 
 import argparse
@@ -20,6 +20,7 @@ import os
 import sys
 
 from guided_diffusion.atomic import atomic_write_text
+from guided_diffusion.targets import TARGETS
 
 from .errors import EvaluationError
 from .feature_metrics import inception_score, kernel_inception_distance, precision_recall
@@ -27,14 +28,12 @@ from .features import DEFAULT_BATCH_SIZE, extract_features, pool_statistics
 from .frechet import frechet_distance, gaussian_statistics
 from .inception import LOGITS, POOL_FEATURES, InceptionFeatures
 from .ref_stats import default_statistics_cache_dir, holds_statistics, reference_statistics
-from .registry import DEFAULT_RESULTS, append_result
+from .registry import ADM_DEFAULTS, DEFAULT_RESULTS, append_result
 from .run_metadata import fields_from_run_files
 from .sources import open_image_source
 
 
 RUN_FIELDS = ("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps", "checkpoint_hash")
-ADM_DEFAULTS = {"pred": "eps", "sampler": "ddpm"}
-PREDICTION_TARGETS = ("eps", "x0", "v")
 
 
 def evaluate(
@@ -149,7 +148,7 @@ def build_parser():
     registry = parser.add_argument_group("registry fields (default: from the sampling JSON beside the samples)")
     registry.add_argument("--dataset", default=None)
     registry.add_argument("--weight_schedule", default=None)
-    registry.add_argument("--pred", default=None, choices=PREDICTION_TARGETS, help="prediction target")
+    registry.add_argument("--pred", default=None, choices=TARGETS, help="prediction target")
     registry.add_argument("--iterations", type=int, default=None, help="training iterations of the checkpoint")
     registry.add_argument("--sampler", default=None)
     registry.add_argument("--steps", type=int, default=None, help="sampling steps")

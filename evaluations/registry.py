@@ -6,6 +6,7 @@ nor interleave lines and a crash leaves the previous file intact.
 """
 
 import contextlib
+import datetime
 import fcntl
 import json
 import os
@@ -32,6 +33,13 @@ RESULT_FIELDS = (
     "date",
     "samples",
 )
+
+
+# What identifies one evaluation cell; a cell evaluated again is represented by its latest record.
+CELL_FIELDS = ("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps", "num_samples")
+
+# ADM's choices, for records that leave a field null.
+ADM_DEFAULTS = {"pred": "eps", "sampler": "ddpm"}
 
 
 @contextlib.contextmanager
@@ -62,8 +70,15 @@ def append_result(path, record):
         atomic_write_text(path, previous + line)
 
 
-def read_results(path):
-    """All records of the registry at `path`, in file order, each with its line number under '_line'."""
+def read_results(path, missing_ok=False):
+    """All records of the registry at `path`, in file order, each with its line number under '_line'.
+
+    A registry that does not exist is an error, or no records with `missing_ok`.
+    """
+    if not os.path.isfile(path):
+        if missing_ok:
+            return []
+        raise EvaluationError(f"results registry {path} does not exist")
     records = []
     with open(path) as f:
         for number, text in enumerate(f, start=1):
@@ -78,3 +93,32 @@ def read_results(path):
             record["_line"] = number
             records.append(record)
     return records
+
+
+def record_value(record, key):
+    """A record's field, with ADM's default where the record leaves it null."""
+    value = record.get(key)
+    return ADM_DEFAULTS.get(key) if value is None else value
+
+
+def recency(record):
+    """Sort key: newer date first, and a later line for equal dates."""
+    try:
+        moment = datetime.datetime.fromisoformat(str(record.get("date")))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        moment = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+    return moment, record.get("_line", 0)
+
+
+def latest(records, metric="fid", fields=CELL_FIELDS):
+    """{cell: newest record} over the records that have `metric`; a cell is the tuple of `fields` (ADM defaults applied)."""
+    newest = {}
+    for record in records:
+        if record.get(metric) is None:
+            continue
+        cell = tuple(record_value(record, field) for field in fields)
+        if cell not in newest or recency(record) >= recency(newest[cell]):
+            newest[cell] = record
+    return newest

@@ -5,10 +5,10 @@ Three forms are accepted:
   streamed from the archive in chunks (np.load's mmap_mode does not apply to
   members of an .npz, it would read all 9.8 GB of a 50K x 256^2 file at once);
 - a folder of sample batches (the sampling stage's `batches/`): every
-  `batch_*.npz` in it (or, when there is none, every `*.npz`), each with
-  `arr_0` and optionally `indices`, read in index order; a folder holding a
-  single other .npz is read as that ADM sample file;
-- a folder of images (png, jpg, jpeg, bmp, webp, tif, tiff), searched
+  `batch_*.npz` in it, read in index order (or, when there is none, every
+  `*.npz` with `arr_0`, in name order); a folder holding a single other .npz is
+  read as that ADM sample file;
+- a folder of images (`guided_diffusion.image_ops.IMAGE_EXTENSIONS`), searched
   recursively, all of one size; a prepared dataset directory is such a folder.
 Files and folders whose names start with "." (e.g. temp files of an
 in-flight atomic write) are ignored.
@@ -23,14 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from guided_diffusion.image_ops import to_rgb
+from guided_diffusion.image_ops import IMAGE_EXTENSIONS, decode_image, is_image_file
+from guided_diffusion.sample_store import BATCH_DIR, read_batch_file, scan_batch_files
 
 from .errors import EvaluationError, MissingInputError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SAMPLES_KEY = "arr_0"
-INDICES_KEY = "indices"
-SAMPLE_BATCH_SUBDIR = "batches"
 DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
@@ -127,57 +125,49 @@ class NpzImages:
 
 
 class SampleBatchDirectory:
-    """The sampling stage's output folder: `batch_*.npz` files with `arr_0` and `indices`."""
+    """A folder of .npz files with `arr_0`: the sampling stage's batch files, read in index order
+    (`guided_diffusion.sample_store` names and checks them), or any other .npz files, in name order."""
 
     def __init__(self, path, npz_names):
         self.path = path
-        batch_names = [n for n in npz_names if n.startswith("batch_")]
-        names = sorted(batch_names or npz_names, key=_natural_key)
-        self.files = [os.path.join(path, n) for n in names]
-        shapes, first_indices, seen = [], [], {}
+        batches = scan_batch_files(path)
+        if batches:
+            for (_, previous_last, previous), (first, _, current) in zip(batches, batches[1:]):
+                if first <= previous_last:
+                    raise EvaluationError(f"sample index {first} appears in both {previous!r} and {current!r}")
+            self._ranges = {file: (first, last) for first, last, file in batches}
+            self.files = [file for _, _, file in batches]
+        else:
+            self._ranges = {}
+            self.files = [os.path.join(path, n) for n in sorted(npz_names, key=_natural_key)]
+        shapes = []
         for file in self.files:
             member = _NpzMember(file, SAMPLES_KEY)
             member.close()
             _check_image_array_shape(member.shape, member.dtype, f"{file!r} '{SAMPLES_KEY}'")
             shapes.append(member.shape)
-            with np.load(file) as contents:
-                if INDICES_KEY not in contents.files:
-                    first_indices.append(None)
-                    continue
-                indices = np.asarray(contents[INDICES_KEY]).reshape(-1)
-            if indices.shape[0] != member.shape[0]:
-                raise EvaluationError(
-                    f"{file!r} has {member.shape[0]} images but {indices.shape[0]} '{INDICES_KEY}'"
-                )
-            for index in indices.tolist():
-                if index in seen:
-                    raise EvaluationError(f"sample index {index} appears in both {seen[index]!r} and {file!r}")
-                seen[index] = file
-            first_indices.append(int(indices.min()) if indices.size else -1)
         image_shapes = {shape[1:] for shape in shapes}
         if len(image_shapes) > 1:
             raise EvaluationError(f"batches in {path!r} have different image shapes: {sorted(image_shapes)}")
-        if all(i is not None for i in first_indices):
-            order = np.argsort(first_indices, kind="stable")
-            self.files = [self.files[i] for i in order]
-            shapes = [shapes[i] for i in order]
         self.num_images = sum(shape[0] for shape in shapes)
         self.image_shape = shapes[0][1:]
 
     def fingerprint(self):
         return _fingerprint([_stat_entry(f, os.path.basename(f)) for f in self.files])
 
-    def _images_in_index_order(self, file):
+    def _images(self, file):
+        if file in self._ranges:
+            try:
+                return read_batch_file(file, *self._ranges[file])[0]
+            except ValueError as err:
+                raise EvaluationError(str(err)) from None
         with np.load(file) as contents:
-            images = contents[SAMPLES_KEY]
-            if INDICES_KEY in contents.files:
-                images = images[np.argsort(np.asarray(contents[INDICES_KEY]).reshape(-1), kind="stable")]
-        return images
+            return contents[SAMPLES_KEY]
 
     def batches(self, batch_size):
         pending, pending_count = [], 0
         for file in self.files:
-            images = self._images_in_index_order(file)
+            images = self._images(file)
             pending.append(images)
             pending_count += images.shape[0]
             while pending_count >= batch_size:
@@ -197,7 +187,7 @@ class ImageFolder:
         for root, dirs, files in os.walk(path):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             for name in files:
-                if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                if is_image_file(name):
                     relative.append(os.path.relpath(os.path.join(root, name), path))
         if not relative:
             raise MissingInputError(
@@ -214,10 +204,10 @@ class ImageFolder:
     def _decode(self, relative_path):
         full = os.path.join(self.path, relative_path)
         try:
-            with Image.open(full) as image:
-                array = np.asarray(to_rgb(image), dtype=np.uint8)
-        except OSError as err:
-            raise EvaluationError(f"cannot read image {full!r}: {err}") from None
+            with open(full, "rb") as f:
+                array = np.asarray(decode_image(f.read(), full), dtype=np.uint8)
+        except (OSError, ValueError) as err:
+            raise EvaluationError(str(err) if isinstance(err, ValueError) else f"cannot read image {full}: {err}") from None
         if array.shape != self.image_shape:
             raise EvaluationError(
                 f"images in {self.path!r} have mixed sizes: {relative_path!r} is {array.shape[1]}x{array.shape[0]}, "
@@ -275,7 +265,7 @@ def open_image_source(path):
             return NpzImages(os.path.join(path, npz_names[0]))
         if npz_names:
             return SampleBatchDirectory(path, npz_names)
-        batch_dir = os.path.join(path, SAMPLE_BATCH_SUBDIR)
+        batch_dir = os.path.join(path, BATCH_DIR)
         if os.path.isdir(batch_dir) and _npz_files(batch_dir):
             return SampleBatchDirectory(batch_dir, _npz_files(batch_dir))
         return ImageFolder(path)

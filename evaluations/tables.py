@@ -16,7 +16,6 @@ is hidden.
 
 import argparse
 import csv
-import datetime
 import io
 import logging
 import os
@@ -27,7 +26,7 @@ from guided_diffusion.atomic import atomic_write_text
 
 from . import published
 from .errors import EvaluationError
-from .registry import DEFAULT_RESULTS, read_results
+from .registry import DEFAULT_RESULTS, read_results, recency, record_value
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,6 @@ FORMATS = ("md", "tex", "csv")
 DEFAULT_OUT_DIR = os.path.join("results", "tables")
 NO_RESULT = "—"
 WEIGHTINGS = ("constant", "p2", "min_snr", "debias")
-ADM_DEFAULTS = {"pred": "eps", "sampler": "ddpm"}
 PAPER_SAMPLER = "ddpm"
 
 
@@ -84,11 +82,6 @@ def _normal(value):
     return value
 
 
-def record_value(record, key):
-    value = record.get(key)
-    return ADM_DEFAULTS.get(key) if value is None else value
-
-
 def matches(record, query):
     for key, wanted in query.items():
         value = record_value(record, key)
@@ -103,21 +96,11 @@ def matches(record, query):
     return True
 
 
-def _recency(record):
-    try:
-        moment = datetime.datetime.fromisoformat(str(record.get("date")))
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=datetime.timezone.utc)
-    except ValueError:
-        moment = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
-    return moment, record.get("_line", 0)
-
-
 def newest_value(records, query, metric):
     candidates = [r for r in records if r.get(metric) is not None and matches(r, query)]
     if not candidates:
         return None
-    return float(max(candidates, key=_recency)[metric])
+    return float(max(candidates, key=recency)[metric])
 
 
 def _query(dataset, steps, weight_schedule, iterations, pred="eps"):
@@ -238,7 +221,7 @@ def other_results_table(records, paper_tables):
             ]
             cell = Cell(query=query)
             if chosen:
-                cell.ours = float(max(chosen, key=_recency)["fid"])
+                cell.ours = float(max(chosen, key=recency)["fid"])
             row.append(cell)
         table.rows.append(row)
     return table

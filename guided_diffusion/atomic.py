@@ -47,6 +47,11 @@ def atomic_open(path, mode="wb"):
         raise
 
 
+def is_temp_name(name):
+    """Whether a file name is a temp file of `atomic_open` (left behind only by a killed writer)."""
+    return os.path.basename(str(name)).startswith(TEMP_PREFIX)
+
+
 def atomic_write_bytes(path, data):
     with atomic_open(path, "wb") as f:
         f.write(data)

@@ -30,6 +30,7 @@ from .atomic import atomic_torch_save, atomic_write_text
 MANIFEST_FORMAT = "debias-adm-checkpoint"
 _MANIFEST_RE = re.compile(r"^checkpoint(\d+)\.json$")
 _MODEL_RE = re.compile(r"^model(\d+)\.pt$")
+_STEP_RE = re.compile(r"^(?:model|opt|ema_[0-9.eE+-]+_)(\d+)\.pt$")
 # Long key lists are cut so that the error stays one readable line.
 _MAX_KEYS_SHOWN = 10
 
@@ -56,6 +57,23 @@ def opt_filename(step):
 
 def manifest_filename(step):
     return f"checkpoint{step:06d}.json"
+
+
+def step_of_checkpoint_file(path):
+    """The step in an ADM checkpoint name (`model012345.pt`, `ema_0.9999_012345.pt`), or None."""
+    match = _STEP_RE.search(bf.basename(str(path)))
+    return int(match.group(1)) if match else None
+
+
+def manifest_beside(path):
+    """The manifest of the checkpoint set a model or EMA file belongs to, or None when there is none."""
+    step = step_of_checkpoint_file(path)
+    if step is None:
+        return None
+    manifest_path = bf.join(bf.dirname(str(path)), manifest_filename(step))
+    if not bf.exists(manifest_path):
+        return None
+    return _read_manifest(manifest_path)
 
 
 def parse_resume_step_from_filename(path):

@@ -12,13 +12,11 @@ import math
 import torch
 
 from .dpm_solver import sample_dpm_solver_pp
-from .gaussian_diffusion import ModelMeanType
 from .noise_schedule import DiscreteNoiseSchedule, sampling_times
+from .targets import target_of_mean_type, to_eps, to_x0
 from .unipc import sample_unipc
 
 FAST_SAMPLERS = {"dpm_solver": sample_dpm_solver_pp, "unipc": sample_unipc}
-
-_CONVERTIBLE_MEAN_TYPES = (ModelMeanType.EPSILON, ModelMeanType.START_X, ModelMeanType.VELOCITY)
 
 
 def mean_prediction(output, x):
@@ -40,7 +38,8 @@ def eps_model(model, model_mean_type, noise_schedule, model_kwargs=None, rescale
     diffusion was built with rescale_timesteps. v = alpha eps - sigma x0 with
     x = alpha x0 + sigma eps gives eps = sigma x + alpha v.
     """
-    if model_mean_type not in _CONVERTIBLE_MEAN_TYPES:
+    target = target_of_mean_type(model_mean_type)
+    if target is None:
         raise ValueError(f"fast samplers need an eps, x0 or v model, not {model_mean_type}")
     kwargs = dict(model_kwargs or {})
     index_scale = 1000.0 / noise_schedule.num_timesteps if rescale_timesteps else 1.0
@@ -50,12 +49,9 @@ def eps_model(model, model_mean_type, noise_schedule, model_kwargs=None, rescale
         index_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         timesteps = torch.full((x.shape[0],), index, device=x.device, dtype=index_dtype)
         prediction = mean_prediction(model(x, timesteps, **kwargs), x)
-        if model_mean_type == ModelMeanType.EPSILON:
+        if target == "eps":
             return prediction
-        alpha, sigma = noise_schedule.alpha(t), noise_schedule.sigma(t)
-        if model_mean_type == ModelMeanType.START_X:
-            return (x - alpha * prediction) / sigma
-        return sigma * x + alpha * prediction
+        return to_eps(target, prediction, x, noise_schedule.alpha(t), noise_schedule.sigma(t))
 
     return eps_fn
 
@@ -76,7 +72,7 @@ def data_prediction(eps_fn, noise_schedule, thresholding=False, thresholding_rat
     """A callable (x, t) -> x0 = (x - sigma_t eps) / alpha_t, optionally dynamically thresholded."""
 
     def data_fn(x, t):
-        x0 = (x - noise_schedule.sigma(t) * eps_fn(x, t)) / noise_schedule.alpha(t)
+        x0 = to_x0("eps", eps_fn(x, t), x, noise_schedule.alpha(t), noise_schedule.sigma(t))
         return dynamic_threshold(x0, thresholding_ratio) if thresholding else x0
 
     return data_fn

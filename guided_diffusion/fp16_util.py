@@ -17,15 +17,44 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 INITIAL_LG_LOSS_SCALE = 20.0
 
 
-def resolve_precision(precision, use_fp16):
-    """The precision to train in, from `--precision` ("" = unset) and ADM's `--use_fp16`."""
+def resolve_precision(precision, use_fp16, device_type=None):
+    """The precision to run in, from `--precision` ("" = unset) and ADM's `--use_fp16`; training and sampling alike.
+
+    ADM's `--use_fp16 True` stands on every MODEL_FLAGS line of its README; on a
+    device without fast float16 (`device_type` "cpu") it runs fp32, because
+    float16 convolutions there are tens of times slower (see `fp16_fallback_note`).
+    An explicit `--precision fp16` is honoured everywhere.
+    """
     if precision not in ("",) + PRECISIONS:
         raise ValueError(f"unknown --precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if use_fp16:
         if precision not in ("", "fp16"):
             raise ValueError(f"--use_fp16 True conflicts with --precision {precision}; give one of them")
-        return "fp16"
+        return "fp32" if device_type == "cpu" and not precision else "fp16"
     return precision or "fp32"
+
+
+def fp16_fallback_note(precision, use_fp16, resolved):
+    """The one line that says `--use_fp16 True` was run in fp32, or None."""
+    if use_fp16 and not precision and resolved == "fp32":
+        return "--use_fp16 True: this device has no fast float16, running fp32 (give --precision fp16 to insist)"
+    return None
+
+
+def autocast_model(model, precision, device):
+    """model(x, t, **kw) under the autocast that `precision` asks for, returning float32.
+
+    fp16 on CUDA uses ADM's float16 torso (`convert_to_fp16`) instead, so the model is returned as it is.
+    """
+    if precision == "fp32" or (precision == "fp16" and device.type == "cuda"):
+        return model
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+
+    def forward(x, timesteps, **kwargs):
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            return model(x, timesteps, **kwargs).float()
+
+    return forward
 
 
 class MixedPrecisionTrainer:

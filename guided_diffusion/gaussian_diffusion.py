@@ -14,7 +14,9 @@ import math
 import numpy as np
 import torch as th
 
+from . import targets
 from .losses import discretized_gaussian_log_likelihood, normal_kl
+from .targets import ModelMeanType
 from .weighting import timestep_loss_weights
 
 
@@ -51,15 +53,6 @@ def betas_for_alpha_bar(num_diffusion_timesteps, alpha_bar, max_beta=0.999):
     return np.minimum(1.0 - ratios, max_beta)
 
 
-class ModelMeanType(enum.Enum):
-    """What the network predicts."""
-
-    PREVIOUS_X = enum.auto()  # the posterior mean of x_{t-1}
-    START_X = enum.auto()  # x0
-    EPSILON = enum.auto()  # eps
-    VELOCITY = enum.auto()  # v = sqrt(a_t) eps - sqrt(1 - a_t) x0 (Salimans & Ho 2022)
-
-
 class ModelVarType(enum.Enum):
     """How the reverse-process variance is chosen."""
 
@@ -77,14 +70,6 @@ class LossType(enum.Enum):
 
     def is_vb(self):
         return self in (LossType.KL, LossType.RESCALED_KL)
-
-
-# The name under which loss weighting reads each parameterisation's target.
-_TARGET_NAMES = {
-    ModelMeanType.EPSILON: "eps",
-    ModelMeanType.START_X: "x0",
-    ModelMeanType.VELOCITY: "v",
-}
 
 
 def mean_flat(tensor):
@@ -161,7 +146,7 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
         self.loss_weighting = dict(loss_weighting or {"name": "constant"})
-        target = _TARGET_NAMES.get(model_mean_type)
+        target = targets.target_of_mean_type(model_mean_type)
         if target is None and self.loss_weighting["name"] != "constant":
             raise ValueError("loss weighting needs an eps, x0 or v model, not PREVIOUS_X")
         self.mse_weights = timestep_loss_weights(
@@ -218,17 +203,17 @@ class GaussianDiffusion:
             - _extract_into_tensor(self.posterior_mean_coef2 / self.posterior_mean_coef1, t, x_t.shape) * x_t
         )
 
-    def _predict_xstart_from_v(self, x_t, t, v):
+    def _alpha_sigma(self, t, shape):
         return (
-            _extract_into_tensor(self.sqrt_alphas_cumprod, t, x_t.shape) * x_t
-            - _extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * v
+            _extract_into_tensor(self.sqrt_alphas_cumprod, t, shape),
+            _extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, shape),
         )
 
+    def _predict_xstart_from_v(self, x_t, t, v):
+        return targets.to_x0("v", v, x_t, *self._alpha_sigma(t, x_t.shape))
+
     def _predict_v(self, x_start, t, noise):
-        return (
-            _extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * noise
-            - _extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * x_start
-        )
+        return targets.from_x0_and_eps("v", x_start, noise, *self._alpha_sigma(t, x_start.shape))
 
     def _scale_timesteps(self, t):
         if self.rescale_timesteps:

@@ -8,18 +8,14 @@ order of their names.
 """
 
 import hashlib
-import io
 import random
 
 import blobfile as bf
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .image_ops import center_crop_arr, random_crop_arr, to_rgb
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp")
+from .image_ops import IMAGE_EXTENSIONS, center_crop_arr, decode_image, is_image_file, random_crop_arr
 
 
 class ImageLoadError(ValueError):
@@ -31,8 +27,7 @@ def list_image_files_recursively(data_dir):
     results = []
     for entry in sorted(bf.listdir(data_dir)):
         full_path = bf.join(data_dir, entry)
-        extension = entry.rsplit(".", 1)[-1].lower() if "." in entry else ""
-        if extension in IMAGE_EXTENSIONS:
+        if is_image_file(entry):
             results.append(full_path)
         elif bf.isdir(full_path):
             results.extend(list_image_files_recursively(full_path))
@@ -71,11 +66,12 @@ def _decode_image(path):
     try:
         with bf.BlobFile(path, "rb") as f:
             data = f.read()
-        pil_image = Image.open(io.BytesIO(data))
-        pil_image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-    return to_rgb(pil_image)
+    except OSError as e:
+        raise ImageLoadError(f"cannot read image {path}: {e.strerror or e}") from None
+    try:
+        return decode_image(data, path)
+    except ValueError as e:
+        raise ImageLoadError(str(e)) from None
 
 
 class ImageDataset(Dataset):

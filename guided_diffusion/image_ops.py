@@ -1,14 +1,53 @@
-"""ADM's image preprocessing: resize then crop to a square of `image_size`.
+"""Image files and pixels: which files are images, decoding, ADM's preprocessing, float <-> uint8.
 
-Shared by the training loader and by dataset preparation so that a prepared
-dataset and an on-the-fly loaded folder give the same pixels.
+One home for these rules: the training loader, dataset preparation, the
+evaluations and the analyses all read images through here, so a prepared
+dataset and an on-the-fly loaded folder give the same pixels and every
+sample is turned into bytes the same way (ADM's truncation).
 """
 
+import io
 import math
+import os
 import random
 
 import numpy as np
-from PIL import Image
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = ("bmp", "gif", "jpeg", "jpg", "png", "tif", "tiff", "webp")
+
+# Exceptions PIL raises for a file that is not a readable image.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def is_image_file(name):
+    """Whether a file name has an image extension; hidden files (temp files of atomic writes) are not images."""
+    base = os.path.basename(str(name))
+    return not base.startswith(".") and base.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS and "." in base
+
+
+def decode_image(data, origin):
+    """RGB PIL image from encoded bytes; a file that cannot be decoded raises ValueError naming `origin` and why."""
+    try:
+        pil_image = Image.open(io.BytesIO(data))
+        pil_image.load()
+    except UnidentifiedImageError:
+        raise ValueError(f"cannot read image {origin}: not in an image format PIL can decode") from None
+    except DECODE_ERRORS as e:
+        raise ValueError(f"cannot read image {origin}: {type(e).__name__}: {e}") from None
+    return to_rgb(pil_image)
+
+
+def to_uint8_nhwc(batch):
+    """ADM's conversion of [-1, 1] samples (torch NCHW) to bytes (numpy NHWC): scale to [0, 255], clamp, truncate."""
+    return ((batch + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def from_uint8_nhwc(images, device="cpu"):
+    """uint8 NHWC images as the float NCHW [-1, 1] batch a model takes (ADM's loader scaling)."""
+    array = np.asarray(images, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous().to(device)
 
 
 def _shrink_with_box(pil_image, min_side):

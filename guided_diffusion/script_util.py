@@ -3,8 +3,13 @@
 import argparse
 import tomllib
 
+import torch
+
 from . import gaussian_diffusion as gd
+from . import weighting
+from .checkpoint import load_model_checkpoint
 from .respace import SpacedDiffusion, space_timesteps
+from .targets import mean_type, target_from_flags
 from .unet import UNetModel
 
 # ADM's per-resolution channel multipliers when --channel_mult is empty.
@@ -30,9 +35,7 @@ def diffusion_defaults():
         rescale_learned_sigmas=False,
         weight_schedule="constant",
         weight_space="target",
-        p2_k=1.0,
-        p2_gamma=1.0,
-        min_snr_gamma=5.0,
+        **weighting.parameter_defaults(),
     )
 
 
@@ -87,9 +90,7 @@ def create_model_and_diffusion(
     predict_v=False,
     weight_schedule="constant",
     weight_space="target",
-    p2_k=1.0,
-    p2_gamma=1.0,
-    min_snr_gamma=5.0,
+    **schedule_parameters,
 ):
     model = create_model(
         image_size,
@@ -110,14 +111,16 @@ def create_model_and_diffusion(
         use_fp16=use_fp16,
         use_new_attention_order=use_new_attention_order,
     )
-    diffusion = create_gaussian_diffusion(**diffusion_kwargs(locals()))
+    flags = {key: value for key, value in locals().items() if key not in ("schedule_parameters", "model")}
+    diffusion = create_gaussian_diffusion(**diffusion_kwargs({**flags, **schedule_parameters}))
     return model, diffusion
 
 
 def diffusion_kwargs(flags):
     """create_gaussian_diffusion's arguments from a dict with model_and_diffusion_defaults' keys."""
-    kwargs = {key: flags[key] for key in diffusion_defaults() if key != "diffusion_steps"}
-    kwargs["steps"] = flags["diffusion_steps"]
+    defaults = diffusion_defaults()
+    kwargs = {key: flags.get(key, default) for key, default in defaults.items() if key != "diffusion_steps"}
+    kwargs["steps"] = flags.get("diffusion_steps", defaults["diffusion_steps"])
     return kwargs
 
 
@@ -199,16 +202,6 @@ def create_model(
     )
 
 
-def model_mean_type(predict_xstart=False, predict_v=False):
-    if predict_xstart and predict_v:
-        raise ValueError("--predict_xstart and --predict_v are exclusive: choose one prediction target")
-    if predict_xstart:
-        return gd.ModelMeanType.START_X
-    if predict_v:
-        return gd.ModelMeanType.VELOCITY
-    return gd.ModelMeanType.EPSILON
-
-
 def create_gaussian_diffusion(
     *,
     steps=1000,
@@ -223,10 +216,11 @@ def create_gaussian_diffusion(
     timestep_respacing="",
     weight_schedule="constant",
     weight_space="target",
-    p2_k=1.0,
-    p2_gamma=1.0,
-    min_snr_gamma=5.0,
+    **schedule_parameters,
 ):
+    unknown = sorted(set(schedule_parameters) - set(weighting.parameter_defaults()))
+    if unknown:
+        raise TypeError(f"create_gaussian_diffusion() got unexpected keyword argument(s) {', '.join(unknown)}")
     betas = gd.get_named_beta_schedule(noise_schedule, steps)
     if use_kl:
         loss_type = gd.LossType.RESCALED_KL
@@ -241,18 +235,27 @@ def create_gaussian_diffusion(
     return SpacedDiffusion(
         use_timesteps=space_timesteps(steps, timestep_respacing or [steps]),
         betas=betas,
-        model_mean_type=model_mean_type(predict_xstart, predict_v),
+        model_mean_type=mean_type(target_from_flags(predict_xstart, predict_v)),
         model_var_type=var_type,
         loss_type=loss_type,
         rescale_timesteps=rescale_timesteps,
-        loss_weighting=dict(
-            name=weight_schedule,
-            weight_space=weight_space,
-            p2_k=p2_k,
-            p2_gamma=p2_gamma,
-            min_snr_gamma=min_snr_gamma,
-        ),
+        loss_weighting=dict(name=weight_schedule, weight_space=weight_space, **schedule_parameters),
     )
+
+
+def load_model_for_sampling(flags, model_path, device, precision="fp32"):
+    """(model, diffusion) of `flags` with the weights at `model_path`, on `device`, in eval mode.
+
+    fp16 on CUDA converts the torso to float16 as ADM does; the other precisions
+    run under `fp16_util.autocast_model`.
+    """
+    fp16_torso = precision == "fp16" and torch.device(device).type == "cuda"
+    model, diffusion = create_model_and_diffusion(**{**flags, "use_fp16": fp16_torso})
+    load_model_checkpoint(model, model_path)
+    model.to(device)
+    if fp16_torso:
+        model.convert_to_fp16()
+    return model.eval(), diffusion
 
 
 def str2bool(v):

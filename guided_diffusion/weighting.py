@@ -1,13 +1,18 @@
 """Loss weightings as pure functions of the signal-to-noise ratio.
 
 SNR(t) = a_t / (1 - a_t) with a_t the cumulative product of (1 - beta). Every
-strategy is one entry of WEIGHT_SCHEDULES; the diffusion process evaluates the
-chosen one once per timestep and multiplies the per-sample MSE term by it.
+strategy is one entry of WEIGHT_SCHEDULES: a function of the SNR array whose
+keyword arguments, with their defaults, are its parameters. Flags, configs,
+plans and figures are derived from the registry; the diffusion process
+evaluates the chosen schedule once per timestep and multiplies the per-sample
+MSE term by it.
 """
 
 import inspect
 
 import numpy as np
+
+from .targets import check_target, eps_error_per_target_error
 
 
 def constant(snr):
@@ -42,14 +47,6 @@ WEIGHT_SCHEDULES = {
     "debias": debias,
 }
 
-# Multiplier that turns an epsilon-space weight into the weight on another target's MSE:
-# ||x0 - x0_hat||^2 = ||eps - eps_hat||^2 / SNR and ||v - v_hat||^2 = ||eps - eps_hat||^2 (1 + SNR) / SNR.
-_EPS_ERROR_PER_TARGET_ERROR = {
-    "eps": lambda snr: np.ones_like(snr),
-    "x0": lambda snr: snr,
-    "v": lambda snr: snr / (1.0 + snr),
-}
-
 WEIGHT_SPACES = ("target", "eps")
 
 
@@ -63,9 +60,44 @@ def weight_schedule_names():
     return sorted(WEIGHT_SCHEDULES)
 
 
-def _parameters_of(name, params):
-    accepted = list(inspect.signature(WEIGHT_SCHEDULES[name]).parameters)[1:]
-    return {key: float(params[key]) for key in accepted if key in params and params[key] is not None}
+def check_weight_schedule(name):
+    if name not in WEIGHT_SCHEDULES:
+        raise ValueError(f"unknown --weight_schedule {name!r}; expected one of: {', '.join(weight_schedule_names())}")
+    return name
+
+
+def schedule_parameters(name):
+    """{parameter: default} that schedule `name` declares: the keyword arguments after `snr`.
+
+    Each becomes a flag (`--p2_gamma`), a config key and a plan key, so a new
+    parameterised schedule needs nothing beyond its entry in WEIGHT_SCHEDULES.
+    """
+    check_weight_schedule(name)
+    parameters = {}
+    for parameter in list(inspect.signature(WEIGHT_SCHEDULES[name]).parameters.values())[1:]:
+        if parameter.default is inspect.Parameter.empty:
+            raise TypeError(f"weight schedule {name!r}: parameter {parameter.name!r} needs a default")
+        parameters[parameter.name] = float(parameter.default)
+    return parameters
+
+
+def parameter_defaults():
+    """{parameter: default} over every registered schedule; a name two schedules share must share its default."""
+    defaults = {}
+    for name in weight_schedule_names():
+        for key, value in schedule_parameters(name).items():
+            if defaults.setdefault(key, value) != value:
+                raise TypeError(f"weight schedules disagree on the default of {key!r}: {defaults[key]} and {value}")
+    return defaults
+
+
+def parameter_owners():
+    """{parameter: [schedules that read it]}."""
+    owners = {}
+    for name in weight_schedule_names():
+        for key in schedule_parameters(name):
+            owners.setdefault(key, []).append(name)
+    return owners
 
 
 def timestep_loss_weights(name, alphas_cumprod, target="eps", weight_space="target", **params):
@@ -75,22 +107,19 @@ def timestep_loss_weights(name, alphas_cumprod, target="eps", weight_space="targ
     weight_space="target" the schedule multiplies the error in that target's own
     space (the paper's experiments); with "eps" it is read as a weight on the
     epsilon error, so one schedule means one objective under every parameterisation.
-    Extra keyword parameters not used by the chosen schedule are ignored, so
-    callers can pass every schedule's flags at once.
+    `params` may hold every schedule's parameters (the flags); the chosen schedule
+    takes its own, and its declared defaults fill in the rest.
     """
-    if name not in WEIGHT_SCHEDULES:
-        raise ValueError(
-            f"unknown --weight_schedule {name!r}; expected one of: {', '.join(weight_schedule_names())}"
-        )
+    check_weight_schedule(name)
     if weight_space not in WEIGHT_SPACES:
         raise ValueError(f"unknown --weight_space {weight_space!r}; expected one of: {', '.join(WEIGHT_SPACES)}")
-    if target not in _EPS_ERROR_PER_TARGET_ERROR:
-        raise ValueError(f"unknown prediction target {target!r}; expected eps, x0 or v")
+    check_target(target)
+    own = {key: float(params[key]) for key in schedule_parameters(name) if params.get(key) is not None}
     snr = snr_from_alphas_cumprod(alphas_cumprod)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        weights = WEIGHT_SCHEDULES[name](snr, **_parameters_of(name, params))
+        weights = WEIGHT_SCHEDULES[name](snr, **own)
         if weight_space == "eps":
-            weights = weights * _EPS_ERROR_PER_TARGET_ERROR[target](snr)
+            weights = weights * eps_error_per_target_error(target, snr)
     bad = np.flatnonzero(~np.isfinite(weights))
     if bad.size:
         t = int(bad[0])

@@ -6,8 +6,8 @@
 import argparse
 import sys
 
-from guided_diffusion.pipeline import PlanError
-from guided_diffusion.pipeline.report import write_report
+from pipeline import PlanError
+from pipeline.report import write_report
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@
 import argparse
 import sys
 
-from guided_diffusion.pipeline import PlanError, reproduce
+from pipeline import PlanError, reproduce
 
 
 def main(argv=None):

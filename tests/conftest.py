@@ -4,19 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Smallest UNet that exercises every ADM block: two resolutions, attention at 8x8,
-# learned variance (so the VB term is trained). GroupNorm needs channels divisible by 32.
-TINY_MODEL_FLAGS = dict(
-    image_size=16,
-    num_channels=32,
-    num_res_blocks=1,
-    channel_mult="1,2",
-    attention_resolutions="8",
-    num_head_channels=16,
-    learn_sigma=True,
-    diffusion_steps=100,
-    noise_schedule="linear",
-)
+from tiny import TINY_MODEL_FLAGS
 
 
 def write_image_folder(root, names, size=(20, 24), seed=0):

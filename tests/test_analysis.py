@@ -1,4 +1,4 @@
-"""Tests for guided_diffusion/analysis and scripts/analysis: every script writes its PNG and CSV,
+"""Tests for analyses/ and scripts/analysis: every script writes its PNG and CSV,
 and the numbers match closed forms or independent computations."""
 
 import json
@@ -12,48 +12,28 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_diffusion.analysis import color_shift, few_step, fid_curves, mse_step, one_step, schedules
-from guided_diffusion.analysis.flags import checkpoint_specs
-from guided_diffusion.analysis.models import make_diffusion
-from guided_diffusion.analysis.outputs import output_prefix, read_csv
+from analyses import color_shift, few_step, fid_curves, mse_step, one_step, schedules
+from analyses.flags import checkpoint_specs
+from analyses.models import make_diffusion
+from analyses.outputs import output_prefix, read_csv
+from guided_diffusion.image_ops import to_uint8_nhwc
 from guided_diffusion.noise import IndexedNoise
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.weighting import WEIGHT_SCHEDULES
+from tiny import TINY_8X8, flag_list, save_random_checkpoint
 
 torch.set_num_threads(1)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 8
-TINY_FLAGS = dict(
-    image_size=IMAGE_SIZE,
-    num_channels=32,
-    num_res_blocks=1,
-    channel_mult="1,2",
-    attention_resolutions="4",
-    num_head_channels=16,
-)
+# The analyses read the paper's 1000-step process; learn_sigma off exercises the fixed-variance paths.
+TINY_FLAGS = dict(TINY_8X8, learn_sigma=False, diffusion_steps=1000)
 
 
 def tiny_settings(**overrides):
     settings = model_and_diffusion_defaults()
     settings.update(TINY_FLAGS, **overrides)
     return settings
-
-
-def flag_list(flags):
-    return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
-
-
-def save_random_checkpoint(path, settings, seed):
-    """A UNet whose every parameter (ADM zero-initialises the output layers) is random, saved as a state dict."""
-    model, _ = create_model_and_diffusion(**settings)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            fan_in = p[0].numel() if p.ndim > 1 else 1
-            p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(fan_in))
-    torch.save(model.state_dict(), path)
-    return model.eval()
 
 
 def run_script(name, *args, cwd=REPO):
@@ -247,7 +227,7 @@ def test_one_step_estimates_match_a_direct_network_call(tmp_path, checkpoints, r
     settings = checkpoints["settings"]
     specs = [(name, str(path)) for name, path in checkpoints["paths"].items()]
     diffusion = make_diffusion(settings)
-    from guided_diffusion.analysis.models import iter_models
+    from analyses.models import iter_models
 
     timesteps = (999, 500, 100)
     result = one_step.one_step_analysis(
@@ -309,8 +289,7 @@ def test_few_step_script_reproduces_per_index_sampling(tmp_path, checkpoints):
                 samples = f["arr_0"]
             diffusion = make_diffusion(checkpoints["settings"], timestep_respacing=str(steps))
             expected = diffusion.p_sample_loop(model, (3, 3, IMAGE_SIZE, IMAGE_SIZE), noise_source=IndexedNoise(9, range(3)))
-            expected = ((expected + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-            assert np.abs(samples.astype(int) - expected.astype(int)).max() <= 1
+            assert np.abs(samples.astype(int) - to_uint8_nhwc(expected).astype(int)).max() <= 1
             means = samples.reshape(3, -1, 3).mean(axis=1)
             mine = [r for r in rows if r["checkpoint"] == name and int(r["steps"]) == steps]
             np.testing.assert_allclose([[float(r[f"mean_{c}"]) for c in "rgb"] for r in mine], means, rtol=1e-12)
@@ -321,16 +300,16 @@ def test_ddim_grid_starts_every_checkpoint_and_step_count_from_the_same_noise(ch
     settings = checkpoints["settings"]
     diffusion = make_diffusion(settings, timestep_respacing="3")
     model = checkpoints["models"]["constant"]
-    together = few_step.sample_images(diffusion, model, 4, IMAGE_SIZE, seed=2, sampler="ddim", batch_size=4)
-    one_by_one = few_step.sample_images(diffusion, model, 4, IMAGE_SIZE, seed=2, sampler="ddim", batch_size=1)
+    flags = few_step.sampler_flags("ddim", 3)
+    together = few_step.sample_images(diffusion, model, 4, IMAGE_SIZE, flags, seed=2, batch_size=4)
+    one_by_one = few_step.sample_images(diffusion, model, 4, IMAGE_SIZE, flags, seed=2, batch_size=1)
     np.testing.assert_array_equal(together, one_by_one)
     x_T = IndexedNoise(2, range(4)).randn_like(torch.empty(4, 3, IMAGE_SIZE, IMAGE_SIZE))
     with torch.no_grad():
         out = diffusion.ddim_sample_loop(model, x_T.shape, noise=x_T)
-    expected = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_array_equal(together, expected)
-    with pytest.raises(ValueError, match="--sampler"):
-        few_step.sample_images(diffusion, model, 1, IMAGE_SIZE, sampler="euler")
+    np.testing.assert_array_equal(together, to_uint8_nhwc(out))
+    with pytest.raises(ValueError, match="unknown --sampler 'euler'"):
+        few_step.sampler_flags("euler", 3)
     with pytest.raises(ValueError, match="--steps: 1 is too few"):
         few_step.run(settings, [("constant", "unused.pt")], steps=[1, 2])
     with pytest.raises(ValueError, match="--num_samples must be at least 1"):
@@ -407,7 +386,7 @@ def test_fid_curves_errors_name_the_problem(tmp_path, registry):
         fid_curves.read_results(bad)
     result = run_script("fid_curves", "--results", tmp_path / "missing.jsonl", "--out", tmp_path / "x")
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [f"fid_curves: error: results registry '{tmp_path / 'missing.jsonl'}' does not exist"]
+    assert result.stderr.strip().splitlines() == [f"fid_curves: error: results registry {tmp_path / 'missing.jsonl'} does not exist"]
 
 
 # ---------------------------------------------------------------- color_shift

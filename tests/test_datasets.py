@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from guided_diffusion.data_prep import (
+from datasets import (
     DatasetPreparationWarning,
     DatasetSourceError,
     OutputFolderError,
@@ -381,11 +381,11 @@ def test_rerun_is_a_noop_and_interrupted_run_completes(tmp_path):
     originals = {name: (out / name).read_bytes() for name in ("embedded_000003.png", "embedded_000017.png")}
     for name in originals:
         (out / name).unlink()
-    (out / ".embedded_000005.png.x1y2z3.partial").write_bytes(b"half an image")
+    (out / ".tmp-embedded_000005.png.x1y2z3").write_bytes(b"half an image")
     (out / "SHA256SUMS").unlink()
     resumed, _ = run_quietly("embedded", None, out, num_images=24)
     assert resumed.written == 2 and resumed.count == 24
-    assert not list(out.glob("*.partial"))
+    assert not list(out.glob(".tmp-*"))
     assert all((out / name).read_bytes() == data for name, data in originals.items())
     assert resumed.content_sha256 == first.content_sha256
     assert_checksums_match_files(out)

@@ -26,12 +26,7 @@ from evaluations.features import extract_features
 from evaluations.frechet import RunningMoments, frechet_distance, gaussian_statistics
 from evaluations.inception import POOL_FEATURES, InceptionFeatures, LogitsUnavailableError
 from evaluations.registry import RESULT_FIELDS, append_result, read_results
-from evaluations.run_metadata import (
-    checkpoint_iterations,
-    fields_from_run_files,
-    fields_from_sampling_json,
-    sampling_steps,
-)
+from evaluations.run_metadata import fields_from_run_files
 from evaluations.sources import open_image_source
 
 torch.set_num_threads(1)
@@ -280,8 +275,7 @@ def test_sample_batch_folder_is_read_in_index_order(tmp_path):
     out_dir = tmp_path / "run"
     batches = out_dir / "batches"
     batches.mkdir(parents=True)
-    order = np.array([12, 10, 14, 11, 13])  # indices within a file need not be sorted
-    np.savez(batches / "batch_0000010_0000014.npz", arr_0=images[order], indices=order)
+    np.savez(batches / "batch_0000010_0000014.npz", arr_0=images[10:15], indices=np.arange(10, 15))
     np.savez(batches / "batch_0000000_0000004.npz", arr_0=images[0:5], indices=np.arange(0, 5))
     np.savez(batches / "batch_0000005_0000009.npz", arr_0=images[5:10], indices=np.arange(5, 10))
     (batches / ".tmp-batch_0000015_0000019.npz").write_bytes(b"partial")
@@ -292,12 +286,16 @@ def test_sample_batch_folder_is_read_in_index_order(tmp_path):
     # A merged ADM file next to the batches would count every image twice; it is not read.
     np.savez(batches / "samples_15x6x6x3.npz", arr_0=images)
     np.testing.assert_array_equal(np.concatenate(list(open_image_source(str(batches)).batches(7))), images)
+    # A batch file whose indices disagree with its name is named in the error.
+    np.savez(batches / "batch_0000005_0000009.npz", arr_0=images[5:10], indices=np.arange(4, 9))
+    with pytest.raises(EvaluationError, match=r"batch_0000005_0000009.npz: holds indices that do not match its name"):
+        list(open_image_source(str(batches)).batches(7))
 
 
 def test_duplicate_sample_indices_are_an_error(tmp_path):
     images = np.zeros((4, 6, 6, 3), dtype=np.uint8)
-    np.savez(tmp_path / "batch_a.npz", arr_0=images, indices=np.arange(4))
-    np.savez(tmp_path / "batch_b.npz", arr_0=images, indices=np.arange(3, 7))
+    np.savez(tmp_path / "batch_0000000_0000003.npz", arr_0=images, indices=np.arange(4))
+    np.savez(tmp_path / "batch_0000003_0000006.npz", arr_0=images, indices=np.arange(3, 7))
     with pytest.raises(EvaluationError, match="sample index 3 appears in both"):
         open_image_source(str(tmp_path))
 
@@ -470,11 +468,8 @@ def test_fid_of_image_sets_matches_independent_computation_and_grows_with_noise(
     sample_dir = os.path.dirname(image_sets["noisy1_npz"])
     sampling_json = {
         "flags": {"predict_v": True, "weight_schedule": "constant", "diffusion_steps": 1000},
-        "model_path": "runs/ffhq/debias/ema_0.9999_250000.pt",
-        "checkpoint_sha256": "abc123",
-        "sampler": "ddim",
-        "timestep_respacing": "ddim50",
-        "seed": 0,
+        "run": {"weight_schedule": None, "pred": "v", "iterations": 250000, "sampler": "ddim", "steps": 50,
+                "checkpoint_hash": "abc123"},
     }
     with open(os.path.join(sample_dir, "sampling.json"), "w") as f:
         json.dump(sampling_json, f)
@@ -487,7 +482,7 @@ def test_fid_of_image_sets_matches_independent_computation_and_grows_with_noise(
     expected_high = fid_by_nuclear_norm(reference_features["noisy1"], reference_features["clean"])
     assert record["fid"] == pytest.approx(expected_high, rel=1e-3)
     assert 0 < low["fid"] < record["fid"]
-    # Flags win over the JSON; the weighting is not taken from sampling flags (training-only there).
+    # Flags win over the run record; a null field there stays null (ADM defaults aside).
     assert record["dataset"] == "ffhq" and record["steps"] == 49 and record["weight_schedule"] is None
     assert (record["pred"], record["sampler"], record["iterations"]) == ("v", "ddim", 250000)
     assert record["checkpoint_hash"] == "abc123" and record["num_samples"] == SET_SIZE and record["is"] is None
@@ -505,33 +500,18 @@ def test_kid_and_prc_need_reference_images(tmp_path):
 # ---- run metadata and registry -----------------------------------------------------------------
 
 
-def test_run_fields_from_sampling_json_and_checkpoint_manifest(tmp_path):
-    assert sampling_steps("", 1000) == 1000
-    assert sampling_steps("ddim50", 1000) == 50
-    assert sampling_steps("10,15,20", 1000) == 45
-    assert checkpoint_iterations("runs/x/ema_0.9999_500000.pt") == 500000
-    assert checkpoint_iterations("model012345.pt") == 12345
-    assert fields_from_sampling_json({"flags": {"predict_xstart": "True", "use_ddim": False, "timestep_respacing": "250"}}) == {
-        "pred": "x0",
-        "sampler": "ddpm",
-        "steps": 250,
-    }
-    run_dir, sample_dir = tmp_path / "runs" / "debias", tmp_path / "samples"
-    run_dir.mkdir(parents=True)
-    sample_dir.mkdir()
-    manifest = {"format": "debias-adm-checkpoint", "step": 500000, "flags": {"weight_schedule": "debias"}}
-    (run_dir / "checkpoint500000.json").write_text(json.dumps(manifest))
-    summary = {"flags": {"weight_schedule": "constant"}, "model_path": str(run_dir / "ema_0.9999_500000.pt")}
-    summary.update(sampler="ddpm", timestep_respacing="100", checkpoint_sha256="f00")
-    (sample_dir / "sampling.json").write_text(json.dumps(summary))
-    fields = fields_from_run_files(str(sample_dir / "batches"))
-    assert fields == {
-        "weight_schedule": "debias",
-        "iterations": 500000,
-        "sampler": "ddpm",
-        "steps": 100,
-        "checkpoint_hash": "f00",
-    }
+def test_run_fields_are_the_run_record_that_sampling_wrote(tmp_path):
+    sample_dir = tmp_path / "samples"
+    (sample_dir / "batches").mkdir(parents=True)
+    record = {"weight_schedule": "debias", "pred": "eps", "iterations": 500000, "sampler": "ddpm", "steps": 100,
+              "checkpoint_hash": "f00"}
+    (sample_dir / "sampling.json").write_text(json.dumps({"flags": {"weight_schedule": "constant"}, "run": {**record, "dataset": None}}))
+    assert fields_from_run_files(str(sample_dir / "batches")) == record
+    assert fields_from_run_files(str(sample_dir / "samples_4x8x8x3.npz")) == record
+    assert fields_from_run_files(str(sample_dir)) == record
+    assert fields_from_run_files(str(tmp_path / "elsewhere.npz")) == {}
+    (sample_dir / "sampling.json").write_text("{not json")
+    assert fields_from_run_files(str(sample_dir)) == {}
 
 
 def test_registry_appends_lines_and_reports_bad_ones(tmp_path):

@@ -24,7 +24,7 @@ from guided_diffusion.gaussian_diffusion import (
     ModelVarType,
     get_named_beta_schedule,
 )
-from guided_diffusion.gaussian_reference import ExactGaussianModel, GaussianData
+from gaussian_oracle import ExactGaussianModel, GaussianData
 from guided_diffusion.noise import IndexedNoise
 from guided_diffusion.noise_schedule import DiscreteNoiseSchedule, sampling_times
 from guided_diffusion.respace import SpacedDiffusion

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from guided_diffusion.pipeline import reproduce
+from pipeline import reproduce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from guided_diffusion.pipeline import PlanError, expand, load_plan, reproduce
-from guided_diffusion.pipeline import launch, runner
+from pipeline import PlanError, expand, load_plan, reproduce
+from pipeline import launch, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLANS = os.path.join(REPO, "configs", "plans")
@@ -48,7 +48,7 @@ def test_stage_commands_carry_the_right_flags(tmp_path):
     stages = {s.name: s for s in expand(load_plan(os.path.join(PLANS, "paper.toml"), root=str(tmp_path)))}
     train = stages["train/celebahq/constant@v"]
     argv = train.argv
-    assert argv[0] == "scripts/image_train.py"
+    assert argv[:2] == ["-m", "scripts.image_train"]
     assert argv[argv.index("--weight_schedule") + 1] == "constant"
     assert argv[argv.index("--predict_v") + 1] == "True"
     assert argv[argv.index("--max_steps") + 1] == "500000"
@@ -102,7 +102,7 @@ def test_slurm_scripts_chain_dependencies(tmp_path):
     batch = (tmp_path / "slurm" / "train_celebahq_debias.sbatch").read_text()
     assert "#SBATCH --partition=gpu" in batch and "#SBATCH --time=72:00:00" in batch
     assert "#SBATCH --gpus-per-node=8" in batch
-    assert "torch.distributed.run --standalone --nproc_per_node 8 scripts/image_train.py" in batch
+    assert "torch.distributed.run --standalone --nproc_per_node 8 -m scripts.image_train" in batch
     # Every job a line submits is defined before it is used.
     defined = set()
     for line in text.splitlines():
@@ -118,8 +118,8 @@ def test_slurm_scripts_chain_dependencies(tmp_path):
     [
         ("[plan]\nlauncher = 'pbs'\n[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\n", "launcher 'pbs'"),
         ("[plan]\n", "no \\[\\[datasets\\]\\]"),
-        ("[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\nruns=['heavy']\n", "weighting 'heavy'"),
-        ("[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\nruns=['constant@z']\n", "target 'z'"),
+        ("[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\nruns=['heavy']\n", "run 'heavy': unknown --weight_schedule 'heavy'"),
+        ("[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\nruns=['constant@z']\n", "run 'constant@z': unknown prediction target 'z'"),
         ("[train]\nmax_steps=100\nsave_interval=30\n[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\niterations=[50]\n", "not multiples"),
         ("[[datasets]]\nname='x'\nconfig='c'\n", "give 'source'"),
         ("[extra]\n", "unknown table"),

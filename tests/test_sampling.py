@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch as th
 
-from guided_diffusion import sampling
+from guided_diffusion import sample_store, samplers, sampling
+from tiny import TINY_8X8, save_random_checkpoint
 from guided_diffusion.script_util import (
     create_argparser,
     create_model_and_diffusion,
@@ -25,37 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "image_sample.py"
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
-TINY_MODEL = dict(
-    image_size=8,
-    num_channels=32,
-    num_res_blocks=1,
-    channel_mult="1,2",
-    attention_resolutions="4",
-    num_heads=1,
-    learn_sigma=True,
-    diffusion_steps=100,
-    noise_schedule="linear",
-    timestep_respacing="4",
-)
+TINY_MODEL = dict(TINY_8X8, timestep_respacing="4")
 NUM_CLASSES = 3
 
 
 def save_tiny_checkpoint(path, class_cond=False, seed=0, **overrides):
-    """A tiny UNet with every weight perturbed (ADM zero-initialises the output layer), saved as a plain state dict.
-
-    The perturbation is small enough that the learned variances stay in range
-    and the samples stay within a few units, as for a trained model.
-    """
-    flags = {**model_and_diffusion_defaults(), **TINY_MODEL, **overrides}
-    flags.update(class_cond=class_cond, num_classes=NUM_CLASSES)
-    with th.random.fork_rng():
-        th.manual_seed(seed)
-        model, _ = create_model_and_diffusion(**flags)
-    generator = th.Generator().manual_seed(seed)
-    with th.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * th.randn(p.shape, generator=generator))
-    th.save(model.state_dict(), path)
+    """The tiny UNet with every weight perturbed, so that samples depend on every layer and stay in range."""
+    flags = {**model_and_diffusion_defaults(), **TINY_MODEL, **overrides, "class_cond": class_cond, "num_classes": NUM_CLASSES}
+    save_random_checkpoint(path, flags, seed=seed, perturbation=0.05)
     return str(path)
 
 
@@ -111,7 +89,7 @@ def run_script(flags, nproc=1):
 
 
 def batch_ranges(out_dir):
-    return [(first, last) for first, last, _ in sampling.scan_batch_files(os.path.join(out_dir, "batches"))]
+    return [(first, last) for first, last, _ in sample_store.scan_batch_files(os.path.join(out_dir, "batches"))]
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +104,11 @@ def reference(checkpoints, tmp_path_factory):
 
 
 def test_plan_cuts_missing_indices_on_the_batch_grid():
-    assert sampling.plan_batches(10, 4, []) == [(0, 3), (4, 7), (8, 9)]
-    assert sampling.plan_batches(10, 4, [(0, 3), (5, 5)]) == [(4, 4), (6, 7), (8, 9)]
+    assert sample_store.plan_batches(10, 4, []) == [(0, 3), (4, 7), (8, 9)]
+    assert sample_store.plan_batches(10, 4, [(0, 3), (5, 5)]) == [(4, 4), (6, 7), (8, 9)]
     # Batches written with another batch size: only the indices they miss remain.
-    assert sampling.plan_batches(10, 4, [(0, 2), (3, 5), (9, 11)]) == [(6, 7), (8, 8)]
-    assert sampling.plan_batches(5, 4, [(0, 9)]) == []
+    assert sample_store.plan_batches(10, 4, [(0, 2), (3, 5), (9, 11)]) == [(6, 7), (8, 8)]
+    assert sample_store.plan_batches(5, 4, [(0, 9)]) == []
 
 
 def test_class_labels_by_index():
@@ -152,7 +130,7 @@ def write_synthetic_batches(batch_dir, ranges, rng, labelled=True):
     everything = rng.integers(0, 256, size=(max(last for _, last in ranges) + 1, 4, 5, 3), dtype=np.uint8)
     for first, last in ranges:
         labels = np.arange(first, last + 1) * 3 if labelled else None
-        sampling.write_batch_file(batch_dir, first, everything[first : last + 1], labels)
+        sample_store.write_batch_file(batch_dir, first, everything[first : last + 1], labels)
     return everything
 
 
@@ -161,7 +139,7 @@ def test_merge_streams_batches_into_adm_npz(tmp_path):
     # Out of order, overlapping, and reaching past num_samples.
     everything = write_synthetic_batches(batch_dir, [(6, 9), (0, 2), (3, 7), (10, 12)], np.random.default_rng(0))
     out = tmp_path / "samples.npz"
-    shape = sampling.merge_batches(str(batch_dir), 11, str(out))
+    shape = sample_store.merge_batches(str(batch_dir), 11, str(out))
     assert shape == (11, 4, 5, 3)
     with np.load(out) as data:
         assert sorted(data.files) == ["arr_0", "arr_1"]
@@ -176,9 +154,9 @@ def test_merge_refuses_a_gap(tmp_path):
     batch_dir = tmp_path / "batches"
     write_synthetic_batches(batch_dir, [(0, 2), (4, 6)], np.random.default_rng(1), labelled=False)
     with pytest.raises(ValueError, match="sample index 3"):
-        sampling.merge_batches(str(batch_dir), 7, str(tmp_path / "samples.npz"))
+        sample_store.merge_batches(str(batch_dir), 7, str(tmp_path / "samples.npz"))
     assert not os.path.exists(tmp_path / "samples.npz")
-    sampling.merge_batches(str(batch_dir), 3, str(tmp_path / "samples.npz"))
+    sample_store.merge_batches(str(batch_dir), 3, str(tmp_path / "samples.npz"))
     with np.load(tmp_path / "samples.npz") as data:
         assert data.files == ["arr_0"]
 
@@ -303,7 +281,7 @@ def test_non_finite_samples_are_refused_not_written(checkpoints, tmp_path, monke
             batch[noise_source.indices.index(4), 0, 0, 0] = float("nan")
         return batch
 
-    monkeypatch.setitem(sampling.SAMPLERS, "poisoned", sampling.Sampler(run=poisoned_at_4))
+    monkeypatch.setitem(samplers.SAMPLERS, "poisoned", samplers.Sampler(run=poisoned_at_4))
     with pytest.raises(sampling.NonFiniteSamplesError, match=r"sample\(s\) 4 came out NaN .* indices 3\.\.5"):
         run_library(checkpoints["uncond"], tmp_path, sampler="poisoned")
     assert batch_ranges(tmp_path) == [(0, 2)]
@@ -340,24 +318,24 @@ def test_num_samples_zero(checkpoints, tmp_path):
 def test_unwritable_out_dir(checkpoints, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    with pytest.raises(sampling.OutDirError, match="--out_dir .*a_file/out: cannot create it"):
+    with pytest.raises(sample_store.OutDirError, match="--out_dir .*a_file/out: cannot create it"):
         run_library(checkpoints["uncond"], blocker / "out")
 
 
 def test_other_flags_in_used_out_dir_are_refused(reference, checkpoints):
-    with pytest.raises(sampling.RunMismatchError, match=r"seed \(run: 7, now: 8\)"):
+    with pytest.raises(sample_store.RunMismatchError, match=r"seed \(run: 7, now: 8\)"):
         run_library(checkpoints["uncond"], reference["out_dir"], seed=8)
-    with pytest.raises(sampling.RunMismatchError, match="checkpoint_sha256"):
+    with pytest.raises(sample_store.RunMismatchError, match="checkpoint_sha256"):
         run_library(checkpoints["cond"], reference["out_dir"], class_cond=True, num_classes=NUM_CLASSES)
-    with pytest.raises(sampling.RunMismatchError, match=r"eta \(run: None, now: 0\.0\), sampler \(run: 'ddpm', now: 'ddim'\), timestep_respacing"):
+    with pytest.raises(sample_store.RunMismatchError, match=r"eta \(run: None, now: 0\.0\), sampler \(run: 'ddpm', now: 'ddim'\), timestep_respacing"):
         run_library(checkpoints["uncond"], reference["out_dir"], sampler="ddim", timestep_respacing="ddim4")
 
 
 def test_flags_that_do_not_apply_are_refused(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="--eta does not apply to --sampler ddpm"):
         run_library(checkpoints["uncond"], tmp_path, eta=1.0)
-    with pytest.raises(ValueError, match="leave --timestep_respacing empty"):
-        run_library(checkpoints["uncond"], tmp_path, sampler="dpm_solver")
+    with pytest.raises(ValueError, match="takes --timestep_respacing as one step count"):
+        run_library(checkpoints["uncond"], tmp_path, sampler="dpm_solver", timestep_respacing="ddim10")
     with pytest.raises(ValueError, match="needs a class-conditional model"):
         run_library(checkpoints["uncond"], tmp_path, class_labels="balanced")
 

@@ -36,6 +36,7 @@ from guided_diffusion.script_util import (
     model_and_diffusion_defaults,
 )
 from guided_diffusion.train_util import TrainingError, TrainLoop, ema_decay, train
+from tiny import TINY_MODEL_FLAGS, flag_list
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -506,10 +507,7 @@ def test_dataset_configs_hold_the_papers_setup():
 # ---- several processes --------------------------------------------------------------------------
 
 
-TINY_ARGS = [
-    "--image_size", "16", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1,2",
-    "--attention_resolutions", "8", "--num_head_channels", "16", "--learn_sigma", "True", "--diffusion_steps", "100",
-]
+TINY_ARGS = flag_list(TINY_MODEL_FLAGS)
 
 
 def launch(launcher, args, timeout=300):

@@ -9,7 +9,7 @@ mean colours, all in [0, 255] units. Writes <out>.csv and a bar plot <out>.png.
 import argparse
 import sys
 
-from guided_diffusion.analysis.color_shift import run
+from analyses.color_shift import run
 
 
 def main(argv=None):

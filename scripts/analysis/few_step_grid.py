@@ -9,9 +9,10 @@ ADM's (or --config FILE) and describe every checkpoint.
 
 import sys
 
-from guided_diffusion.analysis.few_step import DEFAULT_STEPS, SAMPLERS, run
-from guided_diffusion.analysis.flags import add_checkpoint_arguments, checkpoint_specs, parse_int_list
-from guided_diffusion.analysis.models import model_settings
+from analyses.few_step import DEFAULT_STEPS, run
+from analyses.flags import add_checkpoint_arguments, checkpoint_specs, parse_int_list
+from analyses.models import model_settings
+from guided_diffusion import samplers
 from guided_diffusion.script_util import create_argparser, model_and_diffusion_defaults, parse_args_with_config
 
 
@@ -20,7 +21,7 @@ def main(argv=None):
     parser = create_argparser(defaults, description=__doc__)
     add_checkpoint_arguments(parser)
     parser.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)), help="comma-separated sampling steps T")
-    parser.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
+    parser.add_argument("--sampler", default="ddpm", choices=samplers.sampler_names(), help="a registered sampler")
     parser.add_argument("--num_samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=16)

@@ -8,7 +8,7 @@ iterations, steps, fid).
 import argparse
 import sys
 
-from guided_diffusion.analysis.fid_curves import DEFAULT_RESULTS, run
+from analyses.fid_curves import DEFAULT_RESULTS, run
 
 
 def main(argv=None):

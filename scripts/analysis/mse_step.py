@@ -9,9 +9,9 @@ and <out>.csv (t, curve, mse, sem, num_images). Model flags are ADM's (or
 
 import sys
 
-from guided_diffusion.analysis.flags import add_checkpoint_arguments, checkpoint_specs
-from guided_diffusion.analysis.models import model_settings
-from guided_diffusion.analysis.mse_step import run
+from analyses.flags import add_checkpoint_arguments, checkpoint_specs
+from analyses.models import model_settings
+from analyses.mse_step import run
 from guided_diffusion.script_util import create_argparser, model_and_diffusion_defaults, parse_args_with_config
 
 

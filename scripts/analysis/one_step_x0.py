@@ -9,9 +9,9 @@ Model flags are ADM's (or --config FILE) and describe every checkpoint.
 
 import sys
 
-from guided_diffusion.analysis.flags import add_checkpoint_arguments, checkpoint_specs, parse_int_list
-from guided_diffusion.analysis.models import model_settings
-from guided_diffusion.analysis.one_step import DEFAULT_TIMESTEPS, run
+from analyses.flags import add_checkpoint_arguments, checkpoint_specs, parse_int_list
+from analyses.models import model_settings
+from analyses.one_step import DEFAULT_TIMESTEPS, run
 from guided_diffusion.script_util import create_argparser, model_and_diffusion_defaults, parse_args_with_config, str2bool
 
 

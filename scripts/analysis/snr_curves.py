@@ -6,7 +6,7 @@ Writes <out>.png and <out>.csv (columns t, schedule, snr, amplification).
 import argparse
 import sys
 
-from guided_diffusion.analysis.schedules import run_snr_curves
+from analyses.schedules import run_snr_curves
 
 
 def main(argv=None):

@@ -8,7 +8,8 @@ weighting appears without changes here. Writes <out>.png and <out>.csv
 import argparse
 import sys
 
-from guided_diffusion.analysis.schedules import NORMALIZATIONS, run_weight_curves
+from analyses.schedules import NORMALIZATIONS, run_weight_curves
+from guided_diffusion import weighting
 from guided_diffusion.script_util import diffusion_defaults
 
 
@@ -17,9 +18,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--noise_schedule", default=defaults["noise_schedule"])
     parser.add_argument("--diffusion_steps", type=int, default=defaults["diffusion_steps"])
-    parser.add_argument("--p2_k", type=float, default=defaults["p2_k"])
-    parser.add_argument("--p2_gamma", type=float, default=defaults["p2_gamma"])
-    parser.add_argument("--min_snr_gamma", type=float, default=defaults["min_snr_gamma"])
+    for name, owners in weighting.parameter_owners().items():
+        parser.add_argument(f"--{name}", type=float, default=defaults[name], help=f"parameter of {', '.join(owners)}")
     parser.add_argument(
         "--normalize", default="mean", choices=sorted(NORMALIZATIONS),
         help="divide each curve by its mean over t (default), by its maximum, or not at all",
@@ -28,7 +28,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     paths = run_weight_curves(
         args.out, args.noise_schedule, args.diffusion_steps, args.normalize,
-        p2_k=args.p2_k, p2_gamma=args.p2_gamma, min_snr_gamma=args.min_snr_gamma,
+        **{name: getattr(args, name) for name in weighting.parameter_defaults()},
     )
     print(f"wrote {paths['png']} and {paths['csv']}")
 

@@ -16,7 +16,7 @@ import torch
 
 from guided_diffusion.fast_samplers import data_prediction, eps_model, solve
 from guided_diffusion.gaussian_diffusion import ModelMeanType, get_named_beta_schedule
-from guided_diffusion.gaussian_reference import ExactGaussianModel, GaussianData
+from tests.gaussian_oracle import ExactGaussianModel, GaussianData
 from guided_diffusion.noise_schedule import SKIP_TYPES, DiscreteNoiseSchedule
 
 SAMPLERS = [  # (label, name, order, variant)

@@ -1,7 +1,7 @@
 """Training throughput (images/s over all ranks) of the tiny test UNet at 1 and 2 ranks.
 
-    python scripts/benchmarks/train_throughput.py                 # CPU or GPU, mpiexec
-    python scripts/benchmarks/train_throughput.py --launcher torchrun --ranks 1,2,4
+    python -m scripts.benchmarks.train_throughput                 # CPU or GPU, mpiexec
+    python -m scripts.benchmarks.train_throughput --launcher torchrun --ranks 1,2,4
 
 Each run trains `--steps` iterations on a generated folder of random images and reads
 progress.csv; the first logged interval (start-up, first batches) is left out.
@@ -18,11 +18,10 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from tests.tiny import TINY_MODEL_FLAGS, flag_list
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY_MODEL = [
-    "--image_size", "16", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1,2",
-    "--attention_resolutions", "8", "--num_head_channels", "16", "--learn_sigma", "True",
-]
+TINY_MODEL = flag_list(TINY_MODEL_FLAGS)
 
 
 def write_images(folder, count, size=16, seed=0):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from guided_diffusion.data_prep.common import DatasetSpec
-from guided_diffusion.data_prep.sources import (
+from datasets.common import DatasetSpec
+from datasets.sources import (
     ArrayPayload,
     DatasetSourceError,
     SourceItem,

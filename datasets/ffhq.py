@@ -4,8 +4,8 @@ Accepts the `images1024x1024` folder, the ffhq-dataset root holding it (other
 folders such as thumbnails128x128 are then ignored), or a zip of either.
 """
 
-from guided_diffusion.data_prep.common import DatasetSpec
-from guided_diffusion.data_prep.sources import image_collection_source
+from datasets.common import DatasetSpec
+from datasets.sources import image_collection_source
 
 IMAGES_FOLDER = "images1024x1024"
 

@@ -1,7 +1,6 @@
 """Figures on matplotlib's Agg canvas through the object API: no display and no pyplot global state."""
 
 import numpy as np
-import torch as th
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -13,18 +12,6 @@ def new_figure(width_inches, height_inches):
     figure = Figure(figsize=(width_inches, height_inches), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
-
-
-def to_uint8_images(x):
-    """Model-space images (N, C, H, W) in [-1, 1] to uint8 (N, H, W, C), values outside clipped."""
-    x = ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(th.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def to_model_images(images, device="cpu"):
-    """uint8 (N, H, W, C) images to float32 (N, C, H, W) in [-1, 1]."""
-    x = th.from_numpy(np.ascontiguousarray(images)).to(device=device, dtype=th.float32)
-    return (x / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
 
 def image_grid_figure(cells, row_labels, column_labels, title=None):

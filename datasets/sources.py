@@ -17,20 +17,15 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-# ADM's loader extensions, plus lossless formats that 16-bit sources come in.
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"})
-
+from guided_diffusion.image_ops import is_image_file
 
 class DatasetSourceError(ValueError):
     """The source exists but is not in a form this dataset can be prepared from."""
 
 
 def is_image_name(name):
-    """True for image files, excluding macOS resource forks and hidden files."""
-    path = PurePosixPath(name)
-    if "__MACOSX" in path.parts or path.name.startswith("."):
-        return False
-    return path.suffix[1:].lower() in IMAGE_EXTENSIONS
+    """True for image files of an archive or folder, excluding macOS resource forks."""
+    return "__MACOSX" not in PurePosixPath(name).parts and is_image_file(PurePosixPath(name).name)
 
 
 @dataclass(frozen=True)

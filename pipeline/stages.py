@@ -8,26 +8,34 @@ depends on, as make decides; there is no other record that could drift.
 import dataclasses
 import os
 
-from ..script_util import load_config, model_and_diffusion_defaults
-from ..train_util import image_train_defaults
-from .plan import TARGET_FLAGS
+from guided_diffusion.checkpoint import ema_filename
+from guided_diffusion.sample_store import samples_file_name
+from guided_diffusion.script_util import load_config, model_and_diffusion_defaults
+from guided_diffusion.targets import target_flags
+from guided_diffusion.train_util import image_train_defaults
 
-SCRIPTS = {
-    "prepare": ["datasets/prepare.py"],
-    "ref": ["-m", "evaluations.ref_stats"],
-    "train": ["scripts/image_train.py"],
-    "sample": ["scripts/image_sample.py"],
-    "evaluate": ["-m", "evaluations.fid"],
-    "tables": ["-m", "evaluations.tables"],
+# Every stage runs an entry point by module (`python -m ...`), whatever the working directory.
+MODULES = {
+    "prepare": "datasets.prepare",
+    "ref": "evaluations.ref_stats",
+    "train": "scripts.image_train",
+    "sample": "scripts.image_sample",
+    "evaluate": "evaluations.fid",
+    "tables": "evaluations.tables",
+    "report": "scripts.make_report",
 }
+FIGURE_PACKAGE = "scripts.analysis"
 
+
+def _module(kind):
+    return ["-m", MODULES[kind]]
 
 
 @dataclasses.dataclass
 class Stage:
     name: str
     kind: str
-    argv: list  # the program's arguments after the interpreter, e.g. ["scripts/image_train.py", "--lr", ...]
+    argv: list  # the program's arguments after the interpreter, e.g. ["-m", "scripts.image_train", "--lr", ...]
     outputs: list
     deps: list = dataclasses.field(default_factory=list)
     distributed: bool = False  # launched through the plan's launcher (several processes)
@@ -59,7 +67,7 @@ def _flags(mapping):
 
 
 def _ema_checkpoint(run_dir, step, rate):
-    return os.path.join(run_dir, f"ema_{rate}_{step:06d}.pt")
+    return os.path.join(run_dir, ema_filename(rate, step))
 
 
 def _ema_rate(ds):
@@ -89,7 +97,7 @@ def expand(plan):
                 Stage(
                     name=prepare_name,
                     kind="prepare",
-                    argv=SCRIPTS["prepare"] + [dataset_kind] + paths + _flags(prep_flags),
+                    argv=_module("prepare") + [dataset_kind] + paths + _flags(prep_flags),
                     outputs=[os.path.join(ds.data_dir, "manifest.json")],
                 )
             )
@@ -102,7 +110,7 @@ def expand(plan):
                 Stage(
                     name=f"ref/{ds.name}",
                     kind="ref",
-                    argv=SCRIPTS["ref"] + [ds.data_dir, ref] + _flags(ds.evaluate.get("ref_flags", {})),
+                    argv=_module("ref") + [ds.data_dir, ref] + _flags(ds.evaluate.get("ref_flags", {})),
                     outputs=[ref],
                     deps=list(data_deps),
                 )
@@ -122,12 +130,12 @@ def expand(plan):
             run_dir = plan.under_root("runs", ds.name, run.dir_name)
             train_name = f"train/{ds.name}/{run.name}"
             train_flags = dict(ds.train)
-            train_flags.update(TARGET_FLAGS[run.target])
+            train_flags.update(target_flags(run.target))
             stages.append(
                 Stage(
                     name=train_name,
                     kind="train",
-                    argv=SCRIPTS["train"]
+                    argv=_module("train")
                     + ["--config", ds.config, "--data_dir", ds.data_dir, "--log_dir", run_dir]
                     + ["--weight_schedule", run.weight_schedule, "--resume_checkpoint", "auto"]
                     + _flags(train_flags),
@@ -145,17 +153,14 @@ def expand(plan):
                     sample_dir = plan.under_root("samples", ds.name, run.dir_name, f"{it:06d}", setting.name)
                     num = int(ds.sample.get("num_samples", 50000))
                     size = _image_size(ds)
-                    npz = os.path.join(sample_dir, f"samples_{num}x{size}x{size}x3.npz")
-                    sample_flags = {k: v for k, v in ds.sample.items()}
-                    sample_flags.update(TARGET_FLAGS[run.target])
+                    npz = os.path.join(sample_dir, samples_file_name((num, size, size, 3)))
+                    sample_flags = {**ds.sample, **setting.flags(), **target_flags(run.target)}
                     stages.append(
                         Stage(
                             name=f"sample/{cell}",
                             kind="sample",
-                            argv=SCRIPTS["sample"]
+                            argv=_module("sample")
                             + ["--config", ds.config, "--model_path", _ema_checkpoint(run_dir, it, ema_rate)]
-                            + ["--sampler", setting.sampler]
-                            + _sampler_step_flags(setting)
                             + ["--out_dir", sample_dir]
                             + _flags(sample_flags),
                             outputs=[npz],
@@ -170,10 +175,9 @@ def expand(plan):
                         Stage(
                             name=f"evaluate/{cell}",
                             kind="evaluate",
-                            argv=SCRIPTS["evaluate"]
+                            argv=_module("evaluate")
                             + ["--ref", ref, "--samples", npz, "--results", results, "--metrics_out", metrics]
-                            + ["--dataset", ds.name, "--weight_schedule", run.weight_schedule, "--pred", run.target]
-                            + ["--iterations", str(it), "--sampler", setting.sampler, "--steps", str(setting.steps)]
+                            + ["--dataset", ds.name]
                             + extra
                             + _flags(eval_flags),
                             outputs=[metrics],
@@ -190,7 +194,7 @@ def expand(plan):
         Stage(
             name="tables",
             kind="tables",
-            argv=SCRIPTS["tables"] + ["--results", results, "--out_dir", tables_dir],
+            argv=_module("tables") + ["--results", results, "--out_dir", tables_dir],
             outputs=[os.path.join(tables_dir, f"table{i}.md") for i in (1, 2, 3, 4)],
             deps=evaluate_names,
         )
@@ -203,18 +207,12 @@ def expand(plan):
             Stage(
                 name="report",
                 kind="report",
-                argv=["scripts/make_report.py", plan.path, "--root", plan.root, "--out", out],
+                argv=_module("report") + [plan.path, "--root", plan.root, "--out", out],
                 outputs=[os.path.join(out, "README.md")],
                 deps=["tables"] + [f.name for f in figures],
             )
         )
     return stages
-
-
-def _sampler_step_flags(setting):
-    if setting.sampler in ("ddpm", "ddim"):
-        return ["--timestep_respacing", setting.respacing()]
-    return ["--sampling_steps", str(setting.steps)]
 
 
 def _image_size(ds):
@@ -238,12 +236,12 @@ def _figure_stages(plan, index, results):
     stages = []
     for name, spec in plan.figures.items():
         if not isinstance(spec, dict) or "script" not in spec:
-            raise ValueError(f"[figures.{name}] needs a 'script' (a file of scripts/analysis/)")
+            raise ValueError(f"[figures.{name}] needs a 'script' (a module of {FIGURE_PACKAGE})")
         label = spec.get("dataset", plan.datasets[0].name)
         if label not in index:
             raise ValueError(f"[figures.{name}] names dataset {label!r}, which the plan does not have")
         ds = index[label]
-        argv, deps = [f"scripts/analysis/{spec['script']}.py"], []
+        argv, deps = ["-m", f"{FIGURE_PACKAGE}.{spec['script']}"], []
         for item in spec.get("inputs", []):
             if item == "config":
                 argv += ["--config", ds["config"]]

@@ -4,8 +4,8 @@ Accepts the aligned `images` folder, the metfaces-dataset root holding it
 (the `unprocessed` originals are then ignored), or a zip of either.
 """
 
-from guided_diffusion.data_prep.common import DatasetSpec
-from guided_diffusion.data_prep.sources import image_collection_source
+from datasets.common import DatasetSpec
+from datasets.sources import image_collection_source
 
 ALIGNED_FOLDER = "images"
 

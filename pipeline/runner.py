@@ -51,10 +51,7 @@ def _run_one(stage, plan, echo, env_threads):
     log = _log_path(plan, stage)
     os.makedirs(os.path.dirname(log), exist_ok=True)
     argv = launch.command(stage, plan.launcher, plan.nproc)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if env_threads:
-        # Stages running side by side share the cores instead of each taking all of them.
-        env["OMP_NUM_THREADS"] = str(env_threads)
+    env = launch.stage_environment(env_threads)
     start = time.time()
     with open(log, "wb") as f:
         f.write((launch.shell_line(argv) + "\n").encode())

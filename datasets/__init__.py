@@ -7,23 +7,23 @@ lives in its own module, named in `DATASET_MODULES`.
 import importlib
 from pathlib import Path
 
-from guided_diffusion.data_prep.common import (
+from datasets.common import (
     DatasetPreparationWarning,
     OutputFolderError,
     PrepareResult,
     UnreadableImagesError,
     prepare,
 )
-from guided_diffusion.data_prep.sources import DatasetSourceError
+from datasets.sources import DatasetSourceError
 
 DATASET_MODULES = {
-    "ffhq": "guided_diffusion.data_prep.ffhq",
-    "celebahq": "guided_diffusion.data_prep.celebahq",
-    "afhq_dog": "guided_diffusion.data_prep.afhq_dog",
-    "metfaces": "guided_diffusion.data_prep.metfaces",
-    "cifar10": "guided_diffusion.data_prep.cifar10",
-    "imagenet": "guided_diffusion.data_prep.imagenet",
-    "embedded": "guided_diffusion.data_prep.embedded",
+    "ffhq": "datasets.ffhq",
+    "celebahq": "datasets.celebahq",
+    "afhq_dog": "datasets.afhq_dog",
+    "metfaces": "datasets.metfaces",
+    "cifar10": "datasets.cifar10",
+    "imagenet": "datasets.imagenet",
+    "embedded": "datasets.embedded",
 }
 GENERATED_DATASETS = frozenset({"embedded"})
 

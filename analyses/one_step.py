@@ -14,7 +14,8 @@ from .images import read_images
 from .flags import require_positive
 from .models import default_device, iter_models, make_diffusion
 from .outputs import output_prefix, save_figure, write_csv
-from .plotting import grid_dpi, image_grid_figure, to_model_images, to_uint8_images
+from guided_diffusion.image_ops import from_uint8_nhwc, to_uint8_nhwc
+from .plotting import grid_dpi, image_grid_figure
 
 DEFAULT_TIMESTEPS = (999, 950, 900, 800, 600, 400, 200)
 
@@ -49,7 +50,7 @@ def one_step_analysis(
     progress=True,
 ):
     """x_t for every t and {checkpoint: {t: x0_hat}}; `images` uint8 (N, H, W, 3), `models` (name, model) pairs."""
-    x0 = to_model_images(images)
+    x0 = from_uint8_nhwc(images)
     inputs = noisy_inputs(diffusion, x0, timesteps, seed)
     estimates = {}
     for name, model in tqdm(models, desc="checkpoints", disable=not progress, leave=False):
@@ -66,8 +67,8 @@ def write_one_step(result, prefix):
     """A grid per checkpoint, one comparison grid of all checkpoints, and the errors per image and t."""
     x0, inputs, estimates = result["x0"], result["inputs"], result["estimates"]
     timesteps = list(inputs)
-    clean = to_uint8_images(x0)
-    noisy = {t: to_uint8_images(x) for t, x in inputs.items()}
+    clean = to_uint8_nhwc(x0)
+    noisy = {t: to_uint8_nhwc(x) for t, x in inputs.items()}
     columns = ["x0"] + [f"t={t}" for t in timesteps]
 
     rows = []
@@ -80,7 +81,7 @@ def write_one_step(result, prefix):
     paths = {"csv": write_csv(prefix + ".csv", ("checkpoint", "image", "t", "x0_mse", "mean_shift_l2"), rows)}
 
     dpi = grid_dpi(clean.shape[1])
-    estimated = {name: {t: to_uint8_images(x) for t, x in by_t.items()} for name, by_t in estimates.items()}
+    estimated = {name: {t: to_uint8_nhwc(x) for t, x in by_t.items()} for name, by_t in estimates.items()}
     for name, by_t in estimated.items():
         cells, labels = [], []
         for i in range(clean.shape[0]):

@@ -4,8 +4,8 @@ Accepts the afhq root (or the folder above it), its train/dog folder, or
 stargan-v2's afhq.zip; only train/dog is used, never val/ or the other animals.
 """
 
-from guided_diffusion.data_prep.common import DatasetSpec
-from guided_diffusion.data_prep.sources import image_collection_source
+from datasets.common import DatasetSpec
+from datasets.sources import image_collection_source
 
 DOG_TRAIN_FOLDER = "train/dog"
 

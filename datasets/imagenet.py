@@ -18,8 +18,8 @@ import re
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from guided_diffusion.data_prep.common import DatasetSpec
-from guided_diffusion.data_prep.sources import (
+from datasets.common import DatasetSpec
+from datasets.sources import (
     DatasetSourceError,
     FilePayload,
     SourceItem,

@@ -2,57 +2,59 @@
 
 Sample i of every checkpoint and every T starts from the same x_T and, for
 ancestral sampling, sees the same per-step noise stream: `IndexedNoise(seed, [i])`
-makes both a function of (seed, i) alone, whatever the batch size.
+makes both a function of (seed, i) alone, whatever the batch size. Any sampler
+of the registry (`guided_diffusion.samplers`) can draw the grid.
 """
 
 import numpy as np
+import torch as th
 from tqdm.auto import tqdm
 
-from ..noise import IndexedNoise
+from guided_diffusion import samplers
+from guided_diffusion.image_ops import to_uint8_nhwc
+from guided_diffusion.noise import IndexedNoise
 from .flags import require_positive
 from .models import default_device, iter_models, make_diffusion
 from .outputs import output_prefix, save_figure, save_npz, write_csv
-from .plotting import grid_dpi, image_grid_figure, to_uint8_images
+from .plotting import grid_dpi, image_grid_figure
 
 DEFAULT_STEPS = (2, 5, 10, 20, 50, 100, 1000)
-SAMPLERS = ("ddpm", "ddim")
 
 
-def sample_images(diffusion, model, num_samples, image_size, seed=0, sampler="ddpm", batch_size=16, device="cpu",
-                  clip_denoised=True, on_step=None):
-    """uint8 (N, H, W, 3) samples 0..N-1 of `diffusion` (already respaced to the wanted T).
+def sampler_flags(sampler, steps, clip_denoised=True):
+    """The flags that make `sampler` take `steps` steps with its default options."""
+    return {**samplers.SAMPLER_OPTION_DEFAULTS, "sampler": sampler, "clip_denoised": clip_denoised,
+            **samplers.steps_flags(sampler, steps)}
 
-    `on_step()` is called after every denoising step of every batch.
-    """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
-    loop = diffusion.p_sample_loop_progressive if sampler == "ddpm" else diffusion.ddim_sample_loop_progressive
+
+def sample_images(diffusion, model, num_samples, image_size, flags, seed=0, batch_size=16, device="cpu"):
+    """uint8 (N, H, W, 3) samples 0..N-1 drawn by the sampler `flags` name, on the process it runs on."""
+    run = samplers.get_sampler(flags["sampler"]).run
     batches = []
-    for start in range(0, num_samples, batch_size):
-        indices = range(start, min(start + batch_size, num_samples))
-        shape = (len(indices), 3, image_size, image_size)
-        steps = loop(model, shape, clip_denoised=clip_denoised, device=device, noise_source=IndexedNoise(seed, indices))
-        for out in steps:
-            if on_step is not None:
-                on_step()
-        batches.append(to_uint8_images(out["sample"]))
+    with th.no_grad():
+        for start in range(0, num_samples, batch_size):
+            indices = range(start, min(start + batch_size, num_samples))
+            shape = (len(indices), 3, image_size, image_size)
+            batch = run(model, diffusion, shape, model_kwargs={}, noise_source=IndexedNoise(seed, indices),
+                        device=device, flags=flags)
+            batches.append(to_uint8_nhwc(batch))
     return np.concatenate(batches)
 
 
 def few_step_samples(make_diffusion, models, steps, num_samples, image_size, seed=0, sampler="ddpm", batch_size=16,
                      device="cpu", progress=True):
-    """{checkpoint: {T: uint8 samples}}; `make_diffusion(T)` gives the process respaced to T steps."""
+    """{checkpoint: {T: uint8 samples}}; `make_diffusion(respacing)` gives the process for a --timestep_respacing."""
+    settings = {}
+    for T in steps:
+        flags = sampler_flags(sampler, T)
+        samplers.check_options(sampler, flags)
+        settings[T] = (flags, make_diffusion(samplers.process_respacing(sampler, flags)))
     samples = {}
-    diffusions = {T: make_diffusion(T) for T in steps}
-    evaluations = sum(steps) * -(-num_samples // batch_size)
     for name, model in models:
         samples[name] = {}
-        with tqdm(total=evaluations, desc=f"{name} (network calls)", disable=not progress, leave=False) as bar:
-            for T in steps:
-                samples[name][T] = sample_images(
-                    diffusions[T], model, num_samples, image_size, seed, sampler, batch_size, device,
-                    on_step=bar.update,
-                )
+        for T in tqdm(steps, desc=f"{name} ({sampler})", disable=not progress, leave=False):
+            flags, diffusion = settings[T]
+            samples[name][T] = sample_images(diffusion, model, num_samples, image_size, flags, seed, batch_size, device)
     return samples
 
 
@@ -88,7 +90,7 @@ def run(settings, checkpoints, out=None, steps=DEFAULT_STEPS, num_samples=4, see
     device = device or default_device()
     models = iter_models(checkpoints, settings, device)
     samples = few_step_samples(
-        lambda T: make_diffusion(settings, timestep_respacing=str(T)), models, steps, num_samples,
+        lambda respacing: make_diffusion(settings, timestep_respacing=respacing), models, steps, num_samples,
         settings["image_size"], seed, sampler, batch_size, device, progress,
     )
     return write_few_step(samples, output_prefix(out, "few_step_grid"), sampler)

@@ -7,37 +7,30 @@ evaluation was repeated, the later line wins. Lines whose fid, iterations or
 steps are null (unknown) have no place on either axis and are left out.
 """
 
-import json
 import os
 from collections import Counter
+
+from evaluations import registry
+from evaluations.errors import EvaluationError
 
 from .outputs import output_prefix, save_figure, write_csv
 from .plotting import new_figure
 
-DEFAULT_RESULTS = os.path.join("results", "results.jsonl")
+DEFAULT_RESULTS = registry.DEFAULT_RESULTS
 REQUIRED_KEYS = ("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps", "num_samples", "fid")
 CURVE_FIELDS = ("weight_schedule", "pred", "sampler", "num_samples")
 
 
 def read_results(path):
-    """The registry's records in file order; a malformed line is an error naming it."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"results registry {path!r} does not exist")
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
-            missing = [k for k in REQUIRED_KEYS if k not in record]
-            if missing:
-                raise ValueError(f"{path}:{number}: missing key(s) {', '.join(missing)}")
-            records.append(record)
+    """The registry's records (evaluations.registry's reader); a record without the curve fields is an error naming it."""
+    try:
+        records = registry.read_results(path)
+    except EvaluationError as err:
+        raise ValueError(str(err)) from None
+    for record in records:
+        missing = [k for k in REQUIRED_KEYS if k not in record]
+        if missing:
+            raise ValueError(f"{path}:{record['_line']}: missing key(s) {', '.join(missing)}")
     return records
 
 
@@ -65,7 +58,7 @@ def _select(records, dataset, sampler, num_samples):
 
 
 def _curve_key(record):
-    return tuple(record[f] for f in CURVE_FIELDS)
+    return tuple(registry.record_value(record, f) for f in CURVE_FIELDS)
 
 
 def _curve_label(key, varying):
@@ -83,9 +76,10 @@ def fid_curves(records, dataset=None, sampler=None, num_samples=None, at_steps=N
     along the x axis.
     """
     dataset, chosen = _select(records, dataset, sampler, num_samples)
-    latest = {}
-    for record in chosen:
-        latest[(_curve_key(record), int(record["iterations"]), int(record["steps"]))] = record
+    latest = {
+        (cell[:-2], int(cell[-2]), int(cell[-1])): record
+        for cell, record in registry.latest(chosen, fields=CURVE_FIELDS + ("iterations", "steps")).items()
+    }
     keys = list(dict.fromkeys(_curve_key(r) for r in chosen))
     varying = {f for i, f in enumerate(CURVE_FIELDS) if len({k[i] for k in keys}) > 1}
     if at_steps is None:

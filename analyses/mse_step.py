@@ -11,12 +11,14 @@ import numpy as np
 import torch as th
 from tqdm.auto import tqdm
 
-from ..noise import IndexedNoise
+from guided_diffusion.noise import IndexedNoise
+from guided_diffusion.targets import to_eps
 from .images import read_images
 from .flags import require_positive
 from .models import default_device, iter_models, make_diffusion
 from .outputs import output_prefix, save_figure, write_csv
-from .plotting import new_figure, to_model_images
+from guided_diffusion.image_ops import from_uint8_nhwc
+from .plotting import new_figure
 
 INITIAL_CURVE = "Initial"
 
@@ -37,7 +39,7 @@ def epsilon_estimate(diffusion, model, x_t, t):
     """The noise the model implies for x_t, from its unclipped x0 prediction: (x_t - sqrt(a_t) x0_hat) / sqrt(1 - a_t)."""
     pred_xstart = diffusion.p_mean_variance(model, x_t, t, clip_denoised=False)["pred_xstart"]
     a = th.as_tensor(diffusion.alphas_cumprod, device=x_t.device)[t].view(-1, 1, 1, 1)
-    return ((x_t.double() - a.sqrt() * pred_xstart.double()) / (1.0 - a).sqrt()).to(x_t.dtype)
+    return to_eps("x0", pred_xstart.double(), x_t.double(), a.sqrt(), (1.0 - a).sqrt()).to(x_t.dtype)
 
 
 def _per_image_mse(a, b):
@@ -74,7 +76,7 @@ def mse_step_curves(diffusion, models, images, timesteps, seed=0, batch_size=16,
     `images` are uint8 (N, H, W, 3); `models` is an iterable of (name, model),
     consumed lazily so that one model at a time needs to be in memory.
     """
-    x0 = to_model_images(images)
+    x0 = from_uint8_nhwc(images)
     noise = image_noise(x0.shape, seed)
     curves = {INITIAL_CURVE: initial_mse(diffusion, x0, noise, timesteps)}
     for name, model in models:

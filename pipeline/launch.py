@@ -7,6 +7,20 @@ import shutil
 import sys
 
 
+# The checkout holding `scripts/` beside this package: stages run `python -m scripts.image_train` from anywhere.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def stage_environment(threads=None):
+    """The environment of a stage's processes: the checkout importable, unbuffered output, optional thread count."""
+    paths = [REPO_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)))
+    if threads:
+        # Stages running side by side share the cores instead of each taking all of them.
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
 def _mpiexec():
     # The mpich wheel installs mpiexec beside the interpreter; a system one works too.
     beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -65,6 +79,7 @@ def write_slurm_scripts(stages, pending, plan, out_dir, repo_dir):
         body = [
             "set -euo pipefail",
             f"cd {shlex.quote(os.path.abspath(repo_dir))}",
+            f"export PYTHONPATH={shlex.quote(REPO_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}",
             shell_line(command(stage, "slurm", plan.nproc, python="python")),
         ]
         with open(script, "w") as f:

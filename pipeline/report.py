@@ -10,8 +10,9 @@ import json
 import os
 import shutil
 
-from ..atomic import atomic_write_text
-from .plan import load_plan
+from evaluations.registry import latest, read_results
+from guided_diffusion.atomic import atomic_write_text
+from .plan import Run, load_plan
 from .runner import FINISHED_PREFIX
 
 # Above this FID, samples of these datasets are noise-dominated blobs, not images.
@@ -28,14 +29,6 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-def _read_results(path):
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    return rows
-
-
 def _fmt(value, digits=1):
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -43,11 +36,10 @@ def _fmt(value, digits=1):
 def fid_table(results, dataset, runs):
     """Rows (sampler, steps) x columns runs -> FID, the newest result of each cell."""
     cells = {}
-    for row in results:
-        if row.get("dataset") != dataset or row.get("fid") is None:
-            continue
-        run = row.get("weight_schedule") if row.get("pred", "eps") in (None, "eps") else f"{row['weight_schedule']}@{row['pred']}"
-        cells[(row.get("sampler"), row.get("steps"), run)] = row
+    for (_, weighting, pred, _, sampler, steps), row in latest(
+        [r for r in results if r.get("dataset") == dataset], fields=("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps")
+    ).items():
+        cells[(sampler, steps, Run(weighting, pred).name)] = row
     settings = sorted({(s, t) for s, t, _ in cells}, key=lambda st: (str(st[0]), -(st[1] or 0)))
     lines = ["| sampler | steps | " + " | ".join(runs) + " |", "|---|---:|" + "---:|" * len(runs)]
     for sampler, steps in settings:
@@ -114,7 +106,7 @@ def model_parameters(config_path):
     """Parameter count of the UNet a config describes, built on the meta device (no memory, no time)."""
     import torch
 
-    from ..script_util import create_model_and_diffusion, load_config, model_and_diffusion_defaults
+    from guided_diffusion.script_util import create_model_and_diffusion, load_config, model_and_diffusion_defaults
 
     flags = {**model_and_diffusion_defaults(), **load_config(config_path, model_and_diffusion_defaults(), ("model", "diffusion"))}
     with torch.device("meta"):
@@ -123,8 +115,8 @@ def model_parameters(config_path):
 
 
 def _train_value(ds, key):
-    from ..script_util import load_config
-    from ..train_util import image_train_defaults
+    from guided_diffusion.script_util import load_config
+    from guided_diffusion.train_util import image_train_defaults
 
     if key in ds.train:
         return ds.train[key]
@@ -187,7 +179,7 @@ def stage_times(root):
 def write_report(plan_path, root, out_dir):
     plan = load_plan(plan_path, root=root)
     os.makedirs(out_dir, exist_ok=True)
-    results = _read_results(plan.under_root("results", "results.jsonl"))
+    results = read_results(plan.under_root("results", "results.jsonl"), missing_ok=True)
     parts = [f"# Report: plan `{plan.name}`", "", f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M} from `{plan_path}`.", ""]
     parts += [plan.report.get("intro", "").strip(), "", "## Setting", "", setup_table(plan), ""]
 

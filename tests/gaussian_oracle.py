@@ -12,7 +12,7 @@ Used to test and benchmark the samplers against exact answers.
 import numpy as np
 import torch
 
-from .gaussian_diffusion import ModelMeanType
+from guided_diffusion.targets import ModelMeanType, from_x0_and_eps, target_of_mean_type, to_x0
 
 
 class GaussianData:
@@ -89,13 +89,8 @@ class ExactGaussianModel(torch.nn.Module):
         shape = (-1,) + (1,) * (x.ndim - 1)
         alpha_t = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).reshape(shape)
         sigma_t = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(shape)
-        x0 = (x - sigma_t * eps) / alpha_t
-        outputs = {
-            ModelMeanType.EPSILON: eps,
-            ModelMeanType.START_X: x0,
-            ModelMeanType.VELOCITY: alpha_t * eps - sigma_t * x0,
-        }
-        out = outputs[self.model_mean_type]
+        x0 = to_x0("eps", eps, x, alpha_t, sigma_t)
+        out = from_x0_and_eps(target_of_mean_type(self.model_mean_type), x0, eps, alpha_t, sigma_t)
         if self.learned_sigma:
             out = torch.cat([out, torch.full_like(out, 7.0)], dim=1)
         return out

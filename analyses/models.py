@@ -2,11 +2,10 @@
 
 import torch as th
 
-from ..checkpoint import load_model_checkpoint
-from ..script_util import (
+from guided_diffusion.script_util import (
     create_gaussian_diffusion,
-    create_model_and_diffusion,
     diffusion_kwargs,
+    load_model_for_sampling,
     model_and_diffusion_defaults,
 )
 
@@ -25,12 +24,8 @@ def model_settings(args):
 
 def load_model(path, settings, device):
     """The UNet described by `settings` with the weights at `path`, on `device`, in eval mode."""
-    model, _ = create_model_and_diffusion(**settings)
-    load_model_checkpoint(model, path)
-    model.to(device)
-    if settings["use_fp16"]:
-        model.convert_to_fp16()
-    return model.eval()
+    precision = "fp16" if settings["use_fp16"] else "fp32"
+    return load_model_for_sampling(settings, path, device, precision)[0]
 
 
 def make_diffusion(settings, timestep_respacing=""):

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from ..script_util import create_gaussian_diffusion
-from ..weighting import WEIGHT_SCHEDULES, snr_from_alphas_cumprod, timestep_loss_weights
+from guided_diffusion.script_util import create_gaussian_diffusion
+from guided_diffusion.weighting import WEIGHT_SCHEDULES, snr_from_alphas_cumprod, timestep_loss_weights
 from .outputs import output_prefix, save_figure, write_csv
 from .plotting import new_figure
 
@@ -54,7 +54,7 @@ def write_snr_curves(curves, prefix):
 def weight_curves(noise_schedule="linear", diffusion_steps=1000, normalize="mean", **schedule_parameters):
     """{name: {"weight", "normalized"}} for every entry of `weighting.WEIGHT_SCHEDULES`, plus the SNR.
 
-    `schedule_parameters` (p2_k, p2_gamma, min_snr_gamma, ...) go to the schedules
+    `schedule_parameters` (each schedule's declared parameters) go to the schedules
     that take them. Weights are the target-space weights of an epsilon model.
     """
     if normalize not in NORMALIZATIONS:

@@ -18,7 +18,7 @@ A plan looks like
     samplers = [{ sampler = "ddpm", steps = [1000, 500, 250, 100] }]
 
     [[datasets]]
-    name = "ffhq"                  # a dataset of guided_diffusion.data_prep
+    name = "ffhq"                  # a dataset of datasets/ (prepare.py)
     source = "downloads/ffhq.zip"  # or data_dir = "..." for an already prepared folder
     config = "configs/ffhq.toml"
     runs = ["constant", "p2", "min_snr", "debias"]   # weighting, or weighting@target (eps|x0|v)
@@ -43,12 +43,11 @@ import dataclasses
 import os
 import tomllib
 
-from ..weighting import WEIGHT_SCHEDULES
+from guided_diffusion import samplers
+from guided_diffusion.targets import DEFAULT_TARGET, check_target
+from guided_diffusion.weighting import check_weight_schedule
 
 LAUNCHERS = ("local", "mpiexec", "torchrun", "slurm")
-TARGETS = ("eps", "x0", "v")
-TARGET_FLAGS = {"eps": {}, "x0": {"predict_xstart": True}, "v": {"predict_v": True}}
-SAMPLERS = ("ddpm", "ddim", "dpm_solver", "unipc")
 
 
 class PlanError(ValueError):
@@ -60,27 +59,23 @@ class Run:
     """One trained model: a weighting and a prediction target."""
 
     weight_schedule: str
-    target: str = "eps"
+    target: str = DEFAULT_TARGET
 
     @property
     def name(self):
-        return self.weight_schedule if self.target == "eps" else f"{self.weight_schedule}@{self.target}"
+        return self.weight_schedule if self.target == DEFAULT_TARGET else f"{self.weight_schedule}@{self.target}"
 
     @property
     def dir_name(self):
-        return self.weight_schedule if self.target == "eps" else f"{self.target}_{self.weight_schedule}"
+        return self.weight_schedule if self.target == DEFAULT_TARGET else f"{self.target}_{self.weight_schedule}"
 
     @classmethod
     def parse(cls, text, where):
         weighting, _, target = str(text).partition("@")
-        target = target or "eps"
-        if target not in TARGETS:
-            raise PlanError(f"{where}: run {text!r} has target {target!r}; expected one of {', '.join(TARGETS)}")
-        if weighting not in WEIGHT_SCHEDULES:
-            raise PlanError(
-                f"{where}: run {text!r} names weighting {weighting!r}; expected one of {', '.join(sorted(WEIGHT_SCHEDULES))}"
-            )
-        return cls(weighting, target)
+        try:
+            return cls(check_weight_schedule(weighting), check_target(target or DEFAULT_TARGET))
+        except ValueError as err:
+            raise PlanError(f"{where}: run {text!r}: {err}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +94,9 @@ class SamplerSetting:
     def name(self):
         return f"{self.sampler}{self.steps}"
 
-    def respacing(self):
-        """The --timestep_respacing string: DDIM uses ADM's exact stride spacing."""
-        return f"ddim{self.steps}" if self.sampler == "ddim" else str(self.steps)
+    def flags(self):
+        """The sampling flags of this setting (the sampler's own way of asking for `steps`)."""
+        return {"sampler": self.sampler, **samplers.steps_flags(self.sampler, self.steps)}
 
 
 @dataclasses.dataclass
@@ -153,8 +148,8 @@ def _samplers(sample, where):
     settings = []
     for entry in sample.get("samplers", [{"sampler": "ddpm", "steps": [1000]}]):
         sampler = entry.get("sampler")
-        if sampler not in SAMPLERS:
-            raise PlanError(f"{where}: sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        if sampler not in samplers.SAMPLERS:
+            raise PlanError(f"{where}: sampler {sampler!r}; expected one of {', '.join(samplers.sampler_names())}")
         steps = entry.get("steps", [])
         if not steps or any(not isinstance(s, int) or s < 1 for s in steps):
             raise PlanError(f"{where}: sampler {sampler} needs a list of positive step counts, got {steps!r}")

@@ -14,7 +14,6 @@ import io
 import json
 import multiprocessing
 import os
-import tempfile
 import threading
 import time
 import warnings
@@ -24,12 +23,12 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from guided_diffusion.atomic import atomic_write_bytes, is_temp_name
 from guided_diffusion.image_ops import center_crop_arr, to_rgb
-from guided_diffusion.data_prep.sources import DatasetSourceError, close_cached_archives
+from datasets.sources import DatasetSourceError, close_cached_archives
 
 MANIFEST_NAME = "manifest.json"
 CHECKSUMS_NAME = "SHA256SUMS"
-TEMP_SUFFIX = ".partial"
 MANIFEST_FORMAT = 1
 PREPROCESSING = (
     "ADM center_crop_arr: BOX halving while the image is at least twice the target, "
@@ -109,22 +108,6 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
-def write_atomically(path, data):
-    """Write bytes so that `path` either does not exist or holds all of `data`."""
-    path = Path(path)
-    handle, temp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.unlink(temp_path)
-        raise
-
-
 def encode_png(pixels):
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
@@ -141,7 +124,7 @@ def convert_one(payload, out_path, image_size):
         return None, f"{type(error).__name__}: {error}"
     data = encode_png(pixels)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(out_path, data)
+    atomic_write_bytes(out_path, data)
     return hashlib.sha256(data).hexdigest(), None
 
 
@@ -156,7 +139,7 @@ def scan_output_folder(out_dir):
     for directory, _, files in os.walk(out_dir):
         for file_name in files:
             full = Path(directory) / file_name
-            if file_name.startswith(".") and file_name.endswith(TEMP_SUFFIX):
+            if is_temp_name(file_name):
                 temporaries.append(full)
             elif file_name.lower().endswith(".png"):
                 outputs.add(full.relative_to(out_dir).as_posix())
@@ -201,7 +184,7 @@ def read_checksums(out_dir):
 def write_if_changed(path, data):
     if path.exists() and path.read_bytes() == data:
         return
-    write_atomically(path, data)
+    atomic_write_bytes(path, data)
 
 
 def manifest_bytes(manifest):
@@ -317,7 +300,7 @@ def prepare(
     if previous_manifest is None:
         # Marks the folder as this dataset at this size before any image lands,
         # so that an interrupted run cannot be resumed with other settings.
-        write_atomically(out_dir / MANIFEST_NAME, manifest_bytes({**identity, "complete": False}))
+        atomic_write_bytes(out_dir / MANIFEST_NAME, manifest_bytes({**identity, "complete": False}))
 
     previous_checksums = read_checksums(out_dir)
     checksums, unreadable, seen = {}, [], set()

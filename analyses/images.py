@@ -13,19 +13,14 @@ import numpy as np
 from PIL import Image
 
 from evaluations.sources import open_image_source
-
-from ..image_ops import center_crop_arr, to_rgb
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+from guided_diffusion.image_ops import IMAGE_EXTENSIONS, center_crop_arr, decode_image, is_image_file
 
 
 def _image_files(folder):
     files = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(
-            os.path.join(root, n) for n in sorted(names) if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        files.extend(os.path.join(root, n) for n in sorted(names) if is_image_file(n))
     return files
 
 
@@ -70,11 +65,8 @@ def _folder_batches(folder, batch_size, image_size, limit):
     for start in range(0, len(files), batch_size):
         batch = []
         for file in files[start : start + batch_size]:
-            try:
-                with Image.open(file) as pil_image:
-                    image = np.asarray(to_rgb(pil_image))
-            except OSError as err:
-                raise ValueError(f"cannot read image {file!r}: {err}") from None
+            with open(file, "rb") as f:
+                image = np.asarray(decode_image(f.read(), file))
             if image_size is None:
                 image_size = min(image.shape[:2])
             batch.append(_crop_to(image, image_size))

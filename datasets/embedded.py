@@ -17,8 +17,8 @@ import colorsys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from guided_diffusion.data_prep.common import DatasetSpec
-from guided_diffusion.data_prep.sources import SourceItem
+from datasets.common import DatasetSpec
+from datasets.sources import SourceItem
 
 MAX_4X_CANVAS = 128
 DEFAULT_NUM_IMAGES = 4096

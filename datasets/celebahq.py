@@ -5,8 +5,8 @@ scripts or as distributed resized (for example celeba_hq_256). Given the
 CelebAMask-HQ root, only its CelebA-HQ-img folder is used, not the masks.
 """
 
-from guided_diffusion.data_prep.common import DatasetSpec
-from guided_diffusion.data_prep.sources import image_collection_source
+from datasets.common import DatasetSpec
+from datasets.sources import image_collection_source
 
 CELEBAMASK_IMAGES_FOLDER = "CelebA-HQ-img"
 

@@ -1,0 +1,210 @@
+"""The on-disk layout of a sampling run, shared by the sampler that writes it and the evaluations that read it.
+
+    <out_dir>/run.json                           the flags that define the images (written on first use)
+    <out_dir>/batches/batch_{first}_{last}.npz   one file per finished batch: arr_0 (uint8 NHWC),
+                                                 indices, and labels for class-conditional models
+    <out_dir>/png/{index:06d}.png                with --png
+    <out_dir>/samples_{N}x{H}x{W}x3.npz          ADM's format: arr_0 (uint8 NHWC), arr_1 (labels, if any)
+
+Every file is written atomically. Batches are cut on the grid [k B, (k + 1) B)
+and around what is already on disk, so any interrupted run can be completed
+by sampling only the missing indices.
+"""
+
+import datetime
+import itertools
+import json
+import os
+import re
+import zipfile
+
+import numpy as np
+from PIL import Image
+
+from .atomic import atomic_open, atomic_write_text
+
+RUN_FILE = "run.json"
+BATCH_DIR = "batches"
+PNG_DIR = "png"
+BATCH_FILE_PATTERN = re.compile(r"^batch_(\d+)_(\d+)\.npz$")
+SAMPLES_FILE_PATTERN = re.compile(r"^samples_\d+x\d+x\d+x3\.npz$")
+
+# Zip member timestamps are fixed so that equal samples give byte-equal npz files.
+_ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+class OutDirError(OSError):
+    """--out_dir cannot be created or written."""
+
+
+class RunMismatchError(ValueError):
+    """--out_dir already holds samples made with other image-defining flags."""
+
+
+def plan_batches(num_samples, batch_size, done_ranges):
+    """Inclusive (first, last) index ranges still to sample, at most `batch_size` long.
+
+    Batches are cut on the grid [k B, (k + 1) B) and then around what
+    `done_ranges` (inclusive ranges already on disk) hold.
+    """
+    done = np.zeros(num_samples, dtype=bool)
+    for first, last in done_ranges:
+        if first < num_samples:
+            done[first : min(last, num_samples - 1) + 1] = True
+    batches = []
+    for start in range(0, num_samples, batch_size):
+        stop = min(start + batch_size, num_samples)
+        missing = np.flatnonzero(~done[start:stop]) + start
+        if len(missing) == 0:
+            continue
+        breaks = np.flatnonzero(np.diff(missing) != 1) + 1
+        for run in np.split(missing, breaks):
+            batches.append((int(run[0]), int(run[-1])))
+    return batches
+
+
+def batch_file_name(first, last):
+    return f"batch_{first:07d}_{last:07d}.npz"
+
+
+def scan_batch_files(batch_dir):
+    """Sorted [(first, last, path)] of the finished batch files in `batch_dir`."""
+    found = []
+    if not os.path.isdir(batch_dir):
+        return found
+    for name in os.listdir(batch_dir):
+        match = BATCH_FILE_PATTERN.match(name)
+        if match:
+            first, last = int(match.group(1)), int(match.group(2))
+            if first <= last:
+                found.append((first, last, os.path.join(batch_dir, name)))
+    found.sort()
+    return found
+
+
+def write_batch_file(batch_dir, first, images, labels=None):
+    last = first + len(images) - 1
+    arrays = dict(arr_0=images, indices=np.arange(first, last + 1, dtype=np.int64))
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    path = os.path.join(batch_dir, batch_file_name(first, last))
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def write_pngs(png_dir, images, indices, skip_existing=False):
+    for image, index in zip(images, indices):
+        path = os.path.join(png_dir, f"{int(index):06d}.png")
+        if skip_existing and os.path.exists(path):
+            continue
+        with atomic_open(path, "wb") as f:
+            Image.fromarray(image).save(f, format="PNG")
+
+
+def read_batch_file(path, first, last):
+    """(images, labels or None) of a batch file, checked against the index range its name gives."""
+    with np.load(path) as data:
+        images = data["arr_0"]
+        indices = data["indices"]
+        labels = data["labels"] if "labels" in data.files else None
+    if not np.array_equal(indices, np.arange(first, last + 1)) or len(images) != len(indices):
+        raise ValueError(f"{path}: holds indices that do not match its name {first}..{last}")
+    return images, labels
+
+
+def iter_samples_in_order(batch_dir, num_samples):
+    """Yield (first, images, labels) covering indices 0..num_samples-1 exactly once, in order, one batch file at a time."""
+    files = scan_batch_files(batch_dir)
+    position = 0
+    cursor = 0
+    while position < num_samples:
+        while cursor < len(files) and files[cursor][1] < position:
+            cursor += 1
+        if cursor == len(files) or files[cursor][0] > position:
+            raise ValueError(f"{batch_dir}: no batch file holds sample index {position}")
+        first, last, path = files[cursor]
+        images, labels = read_batch_file(path, first, last)
+        stop = min(last, num_samples - 1) + 1
+        rows = slice(position - first, stop - first)
+        yield position, images[rows], (None if labels is None else labels[rows])
+        position = stop
+
+
+def _npy_member(zf, name, shape, dtype):
+    info = zipfile.ZipInfo(name, date_time=_ZIP_DATE_TIME)
+    info.compress_type = zipfile.ZIP_STORED
+    member = zf.open(info, "w", force_zip64=True)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    np.lib.format.write_array_header_1_0(member, header)
+    return member
+
+
+def merge_batches(batch_dir, num_samples, out_path):
+    """Stream the batch files into ADM's npz at `out_path`: arr_0 uint8 NHWC, arr_1 labels if the batches have them.
+
+    Only one batch is in memory at a time; the file appears atomically. Returns
+    the shape of arr_0.
+    """
+    samples = iter_samples_in_order(batch_dir, num_samples)
+    head = next(samples)
+    shape = (num_samples,) + head[1].shape[1:]
+    has_labels = head[2] is not None
+    labels = np.zeros(num_samples, dtype=np.int64) if has_labels else None
+    with atomic_open(out_path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with _npy_member(zf, "arr_0.npy", shape, np.uint8) as member:
+            for first, images, batch_labels in itertools.chain([head], samples):
+                if images.shape[1:] != shape[1:] or images.dtype != np.uint8:
+                    raise ValueError(f"{batch_dir}: batch at index {first} has images {images.dtype}{images.shape[1:]}, "
+                                     f"others uint8{shape[1:]}")
+                if (batch_labels is not None) != has_labels:
+                    raise ValueError(f"{batch_dir}: some batch files have labels and others not")
+                member.write(np.ascontiguousarray(images).data)
+                if has_labels:
+                    labels[first : first + len(images)] = batch_labels
+        if has_labels:
+            with _npy_member(zf, "arr_1.npy", labels.shape, labels.dtype) as member:
+                member.write(labels.data)
+    return shape
+
+
+def samples_file_name(shape):
+    return "samples_" + "x".join(str(n) for n in shape) + ".npz"
+
+
+def claim_out_dir(out_dir, identity):
+    """Record `identity` in out_dir/run.json, or check it equals the one there."""
+    path = os.path.join(out_dir, RUN_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            recorded = json.load(f)["image_flags"]
+        differing = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+        if differing:
+            details = ", ".join(f"{k} (run: {recorded.get(k)!r}, now: {identity.get(k)!r})" for k in differing)
+            raise RunMismatchError(
+                f"--out_dir {out_dir} holds samples made with other flags: {details}; "
+                "use a new --out_dir or the same flags"
+            )
+        return
+    record = dict(image_flags=identity, created=datetime.datetime.now(datetime.timezone.utc).isoformat())
+    try:
+        atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    except OSError as e:
+        raise OutDirError(f"--out_dir {out_dir}: cannot write {RUN_FILE} ({e.strerror or e})") from None
+
+
+def make_out_dir(out_dir):
+    try:
+        os.makedirs(os.path.join(out_dir, BATCH_DIR), exist_ok=True)
+    except OSError as e:
+        raise OutDirError(f"--out_dir {out_dir}: cannot create it ({e.strerror or e})") from None
+    if not os.access(out_dir, os.W_OK):
+        raise OutDirError(f"--out_dir {out_dir}: not writable")
+
+
+def remove_other_merges(out_dir, keep_path):
+    """Drop merged npz files of an earlier --num_samples: one run directory holds one merged result."""
+    for name in os.listdir(out_dir):
+        path = os.path.join(out_dir, name)
+        if SAMPLES_FILE_PATTERN.match(name) and not os.path.samefile(path, keep_path):
+            os.unlink(path)

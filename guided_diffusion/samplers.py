@@ -1,0 +1,159 @@
+"""The sampler registry: every way of drawing a batch of samples, by name.
+
+A sampler is one `register_sampler` call. The sampling script, plans and the
+few-step figure read the names, flags and step counts from here, so a new
+sampler needs no other edit. Built in: ADM's ancestral sampler (`ddpm`), DDIM
+(`ddim`), DPM-Solver++ (`dpm_solver`) and UniPC (`unipc`).
+"""
+
+import dataclasses
+
+from . import fast_samplers
+from .noise_schedule import SKIP_TYPES
+from .unipc import VARIANTS as UNIPC_VARIANTS
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """How to draw a batch.
+
+    `run(model, diffusion, shape, *, model_kwargs, noise_source, device, flags)`
+    returns a float batch in [-1, 1] (clipped later). `options` names the
+    flags it reads (they define its images). `check(flags)` raises ValueError
+    for flags it cannot use. With `respaced` the sampler runs on the process
+    respaced by --timestep_respacing (ADM's samplers); otherwise on the full
+    training process, taking its step count from `steps_from(flags)`.
+    `respacing_prefix` is what a request for T steps puts before T in
+    --timestep_respacing ("ddim" gives ADM's exact-stride DDIM spacing).
+    """
+
+    run: object
+    options: tuple = ()
+    check: object = None
+    respaced: bool = True
+    respacing_prefix: str = ""
+
+
+SAMPLERS = {}
+
+# Defaults of every sampler's own flags; a flag set away from its default for a
+# sampler that does not read it is an error, not silently ignored.
+SAMPLER_OPTION_DEFAULTS = dict(eta=0.0)
+
+# Options every sampler may read without declaring a default here (the sampling script owns them).
+_SHARED_OPTIONS = ("clip_denoised",)
+
+
+def register_sampler(name, run, options=(), option_defaults=None, check=None, respaced=True, respacing_prefix=""):
+    """Add (or replace) the sampler for --sampler `name`; see `Sampler`.
+
+    `run` must draw every random number from `noise_source.randn_like`, so that
+    sample i depends on (seed, i) alone. New flags get their defaults from
+    `option_defaults`.
+    """
+    for key, value in (option_defaults or {}).items():
+        if SAMPLER_OPTION_DEFAULTS.get(key, value) != value:
+            raise ValueError(f"sampler {name!r} gives flag {key} default {value!r}, others {SAMPLER_OPTION_DEFAULTS[key]!r}")
+        SAMPLER_OPTION_DEFAULTS[key] = value
+    unknown = [o for o in options if o not in SAMPLER_OPTION_DEFAULTS and o not in _SHARED_OPTIONS]
+    if unknown:
+        raise ValueError(f"sampler {name!r} reads flag(s) without a default: {', '.join(unknown)}")
+    SAMPLERS[name] = Sampler(run, tuple(options), check, respaced, respacing_prefix)
+
+
+def sampler_names():
+    return list(SAMPLERS)
+
+
+def get_sampler(name):
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown --sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def steps_flags(name, steps):
+    """The sampling flags that ask sampler `name` for `steps` network evaluations."""
+    return {"timestep_respacing": f"{get_sampler(name).respacing_prefix}{int(steps)}"}
+
+
+def process_respacing(name, flags):
+    """The --timestep_respacing of the process the sampler runs on: its own, or "" (the full process)."""
+    return flags["timestep_respacing"] if get_sampler(name).respaced else ""
+
+
+def check_options(name, flags):
+    """Refuse options set for a sampler that does not read them, then the sampler's own checks."""
+    sampler = get_sampler(name)
+    for option, default in SAMPLER_OPTION_DEFAULTS.items():
+        if option not in sampler.options and flags.get(option, default) != default:
+            raise ValueError(f"--{option} does not apply to --sampler {name}")
+    if sampler.check is not None:
+        sampler.check(flags)
+
+
+def _ddpm(model, diffusion, shape, *, model_kwargs, noise_source, device, flags):
+    return diffusion.p_sample_loop(
+        model, shape, clip_denoised=flags["clip_denoised"], model_kwargs=model_kwargs, device=device,
+        noise_source=noise_source,
+    )
+
+
+def _ddim(model, diffusion, shape, *, model_kwargs, noise_source, device, flags):
+    return diffusion.ddim_sample_loop(
+        model, shape, clip_denoised=flags["clip_denoised"], model_kwargs=model_kwargs, device=device,
+        eta=flags["eta"], noise_source=noise_source,
+    )
+
+
+def fast_sampler_steps(flags):
+    """A fast sampler's step count: --sampling_steps, or the paper's --timestep_respacing N."""
+    respacing = str(flags.get("timestep_respacing") or "").strip()
+    if not respacing:
+        return flags["sampling_steps"]
+    if not respacing.isdigit():
+        raise ValueError(
+            f"--sampler {flags['sampler']} takes --timestep_respacing as one step count (e.g. 10), got {respacing!r}"
+        )
+    return int(respacing)
+
+
+def _fast_sampler(name):
+    def run(model, diffusion, shape, *, model_kwargs, noise_source, device, flags):
+        return fast_samplers.fast_sample(
+            name, model, diffusion, shape, steps=fast_sampler_steps(flags), order=flags["solver_order"],
+            skip_type=flags["skip_type"], variant=flags["unipc_variant"], model_kwargs=model_kwargs,
+            noise_source=noise_source, device=device,
+        )
+
+    return run
+
+
+def _check_fast_sampler(flags):
+    name = flags["sampler"]
+    steps = fast_sampler_steps(flags)
+    if flags["timestep_respacing"] and flags["sampling_steps"] != SAMPLER_OPTION_DEFAULTS["sampling_steps"]:
+        if steps != flags["sampling_steps"]:
+            raise ValueError(
+                f"--sampler {name}: --timestep_respacing {steps} and --sampling_steps {flags['sampling_steps']} disagree"
+            )
+    if steps < 1:
+        raise ValueError(f"--sampling_steps must be at least 1, got {steps}")
+    if flags["solver_order"] not in (1, 2, 3):
+        raise ValueError(f"--solver_order must be 1, 2 or 3, got {flags['solver_order']}")
+    if flags["skip_type"] not in SKIP_TYPES:
+        raise ValueError(f"unknown --skip_type {flags['skip_type']!r}; expected one of {', '.join(SKIP_TYPES)}")
+    if name == "unipc" and flags["unipc_variant"] not in UNIPC_VARIANTS:
+        raise ValueError(f"unknown --unipc_variant {flags['unipc_variant']!r}; expected one of {', '.join(UNIPC_VARIANTS)}")
+
+
+register_sampler("ddpm", _ddpm, options=("clip_denoised",))
+register_sampler("ddim", _ddim, options=("clip_denoised", "eta"), respacing_prefix="ddim")
+_FAST_OPTION_DEFAULTS = dict(sampling_steps=20, solver_order=3, skip_type="logSNR", unipc_variant="bh2")
+for _name, _options in (
+    ("dpm_solver", ("sampling_steps", "solver_order", "skip_type")),
+    ("unipc", ("sampling_steps", "solver_order", "skip_type", "unipc_variant")),
+):
+    register_sampler(
+        _name, _fast_sampler(_name), options=_options, option_defaults=_FAST_OPTION_DEFAULTS,
+        check=_check_fast_sampler, respaced=False,
+    )
