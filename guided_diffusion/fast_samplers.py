@@ -11,12 +11,8 @@ import math
 
 import torch
 
-from .dpm_solver import sample_dpm_solver_pp
 from .noise_schedule import DiscreteNoiseSchedule, sampling_times
 from .targets import target_of_mean_type, to_eps, to_x0
-from .unipc import sample_unipc
-
-FAST_SAMPLERS = {"dpm_solver": sample_dpm_solver_pp, "unipc": sample_unipc}
 
 
 def mean_prediction(output, x):
@@ -78,21 +74,22 @@ def data_prediction(eps_fn, noise_schedule, thresholding=False, thresholding_rat
     return data_fn
 
 
-def solve(name, data_fn, x_T, noise_schedule, steps, order=3, skip_type="logSNR", variant="bh2",
-          lower_order_final=True, progress=False):
-    """Integrate the probability-flow ODE from t = 1 to t = 1/N with `steps` model evaluations."""
-    if name not in FAST_SAMPLERS:
-        raise ValueError(f"unknown --sampler {name!r}; expected one of {', '.join(FAST_SAMPLERS)}")
+def solve(solver, data_fn, x_T, noise_schedule, steps, order=3, skip_type="logSNR", lower_order_final=True,
+          progress=False, **options):
+    """Integrate the probability-flow ODE from t = 1 to t = 1/N with `steps` model evaluations.
+
+    `solver` is a multistep solver (`dpm_solver.sample_dpm_solver_pp`, `unipc.sample_unipc`);
+    `options` are its own keywords (UniPC's `variant`).
+    """
     times = sampling_times(noise_schedule, skip_type, steps)
-    options = {"variant": variant} if name == "unipc" else {}
-    return FAST_SAMPLERS[name](
+    return solver(
         data_fn, x_T, noise_schedule, times, order=order, lower_order_final=lower_order_final, progress=progress,
         **options,
     )
 
 
 def fast_sample(
-    name,
+    solver,
     model,
     diffusion,
     shape=None,
@@ -101,23 +98,22 @@ def fast_sample(
     steps=20,
     order=3,
     skip_type="logSNR",
-    variant="bh2",
     model_kwargs=None,
     noise_source=None,
     device=None,
     lower_order_final=True,
     thresholding=False,
     progress=False,
+    **options,
 ):
-    """Samples from an ADM model with DPM-Solver++ ('dpm_solver') or UniPC ('unipc') in `steps` evaluations.
+    """Samples from an ADM model with a multistep `solver` (see `solve`) in `steps` evaluations.
 
     `diffusion` is the unspaced GaussianDiffusion the model was trained with
     (its alphas_cumprod, model_mean_type and rescale_timesteps are read).
     The start x_T is given, or drawn with shape `shape` from
     `noise_source.randn_like` (e.g. guided_diffusion.noise.IndexedNoise) or
-    torch.randn; nothing else is random. `variant` ('bh1' or 'bh2') is
-    UniPC's B(h) and is not used by dpm_solver. Returns x at t = 1/N, in the
-    model's data scale (not clipped).
+    torch.randn; nothing else is random. `options` go to the solver. Returns x
+    at t = 1/N, in the model's data scale (not clipped).
     """
     if getattr(diffusion, "original_num_steps", diffusion.num_timesteps) != diffusion.num_timesteps:
         raise ValueError("fast samplers need the unspaced diffusion: leave --timestep_respacing empty")
@@ -136,6 +132,6 @@ def fast_sample(
         x_T = noise_source.randn_like(blank) if noise_source is not None else torch.randn_like(blank)
     with torch.no_grad():
         return solve(
-            name, data_fn, x_T, noise_schedule, steps, order=order, skip_type=skip_type, variant=variant,
-            lower_order_final=lower_order_final, progress=progress,
+            solver, data_fn, x_T, noise_schedule, steps, order=order, skip_type=skip_type,
+            lower_order_final=lower_order_final, progress=progress, **options,
         )

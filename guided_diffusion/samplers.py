@@ -9,8 +9,10 @@ sampler needs no other edit. Built in: ADM's ancestral sampler (`ddpm`), DDIM
 import dataclasses
 
 from . import fast_samplers
+from .dpm_solver import sample_dpm_solver_pp
 from .noise_schedule import SKIP_TYPES
 from .unipc import VARIANTS as UNIPC_VARIANTS
+from .unipc import sample_unipc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,24 +119,26 @@ def fast_sampler_steps(flags):
     return int(respacing)
 
 
-def _fast_sampler(name):
+def _fast_sampler(solver, solver_options=()):
+    """A registry `run` for a multistep ODE solver; `solver_options` maps the solver's keywords to flags."""
+
     def run(model, diffusion, shape, *, model_kwargs, noise_source, device, flags):
         return fast_samplers.fast_sample(
-            name, model, diffusion, shape, steps=fast_sampler_steps(flags), order=flags["solver_order"],
-            skip_type=flags["skip_type"], variant=flags["unipc_variant"], model_kwargs=model_kwargs,
-            noise_source=noise_source, device=device,
+            solver, model, diffusion, shape, steps=fast_sampler_steps(flags), order=flags["solver_order"],
+            skip_type=flags["skip_type"], model_kwargs=model_kwargs, noise_source=noise_source, device=device,
+            **{keyword: flags[flag] for keyword, flag in solver_options},
         )
 
     return run
 
 
 def _check_fast_sampler(flags):
-    name = flags["sampler"]
     steps = fast_sampler_steps(flags)
     if flags["timestep_respacing"] and flags["sampling_steps"] != SAMPLER_OPTION_DEFAULTS["sampling_steps"]:
         if steps != flags["sampling_steps"]:
             raise ValueError(
-                f"--sampler {name}: --timestep_respacing {steps} and --sampling_steps {flags['sampling_steps']} disagree"
+                f"--sampler {flags['sampler']}: --timestep_respacing {steps} and --sampling_steps "
+                f"{flags['sampling_steps']} disagree"
             )
     if steps < 1:
         raise ValueError(f"--sampling_steps must be at least 1, got {steps}")
@@ -142,18 +146,19 @@ def _check_fast_sampler(flags):
         raise ValueError(f"--solver_order must be 1, 2 or 3, got {flags['solver_order']}")
     if flags["skip_type"] not in SKIP_TYPES:
         raise ValueError(f"unknown --skip_type {flags['skip_type']!r}; expected one of {', '.join(SKIP_TYPES)}")
-    if name == "unipc" and flags["unipc_variant"] not in UNIPC_VARIANTS:
+    if "unipc_variant" in get_sampler(flags["sampler"]).options and flags["unipc_variant"] not in UNIPC_VARIANTS:
         raise ValueError(f"unknown --unipc_variant {flags['unipc_variant']!r}; expected one of {', '.join(UNIPC_VARIANTS)}")
 
 
 register_sampler("ddpm", _ddpm, options=("clip_denoised",))
 register_sampler("ddim", _ddim, options=("clip_denoised", "eta"), respacing_prefix="ddim")
 _FAST_OPTION_DEFAULTS = dict(sampling_steps=20, solver_order=3, skip_type="logSNR", unipc_variant="bh2")
-for _name, _options in (
-    ("dpm_solver", ("sampling_steps", "solver_order", "skip_type")),
-    ("unipc", ("sampling_steps", "solver_order", "skip_type", "unipc_variant")),
-):
-    register_sampler(
-        _name, _fast_sampler(_name), options=_options, option_defaults=_FAST_OPTION_DEFAULTS,
-        check=_check_fast_sampler, respaced=False,
-    )
+_FAST_OPTIONS = ("sampling_steps", "solver_order", "skip_type")
+register_sampler(
+    "dpm_solver", _fast_sampler(sample_dpm_solver_pp), options=_FAST_OPTIONS,
+    option_defaults=_FAST_OPTION_DEFAULTS, check=_check_fast_sampler, respaced=False,
+)
+register_sampler(
+    "unipc", _fast_sampler(sample_unipc, (("variant", "unipc_variant"),)), options=_FAST_OPTIONS + ("unipc_variant",),
+    option_defaults=_FAST_OPTION_DEFAULTS, check=_check_fast_sampler, respaced=False,
+)

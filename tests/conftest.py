@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tiny import TINY_MODEL_FLAGS
+from tests.tiny import TINY_MODEL_FLAGS
 
 
 def write_image_folder(root, names, size=(20, 24), seed=0):

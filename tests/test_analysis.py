@@ -20,7 +20,7 @@ from guided_diffusion.image_ops import to_uint8_nhwc
 from guided_diffusion.noise import IndexedNoise
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.weighting import WEIGHT_SCHEDULES
-from tiny import TINY_8X8, flag_list, save_random_checkpoint
+from tests.tiny import TINY_8X8, flag_list, save_random_checkpoint
 
 torch.set_num_threads(1)
 

@@ -14,7 +14,7 @@ import pytest
 import torch as th
 
 from guided_diffusion import sample_store, samplers, sampling
-from tiny import TINY_8X8, save_random_checkpoint
+from tests.tiny import TINY_8X8, save_random_checkpoint
 from guided_diffusion.script_util import (
     create_argparser,
     create_model_and_diffusion,

@@ -36,7 +36,7 @@ from guided_diffusion.script_util import (
     model_and_diffusion_defaults,
 )
 from guided_diffusion.train_util import TrainingError, TrainLoop, ema_decay, train
-from tiny import TINY_MODEL_FLAGS, flag_list
+from tests.tiny import TINY_MODEL_FLAGS, flag_list
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -14,22 +14,18 @@ import sys
 import numpy as np
 import torch
 
+from guided_diffusion.dpm_solver import sample_dpm_solver_pp
 from guided_diffusion.fast_samplers import data_prediction, eps_model, solve
 from guided_diffusion.gaussian_diffusion import ModelMeanType, get_named_beta_schedule
 from tests.gaussian_oracle import ExactGaussianModel, GaussianData
 from guided_diffusion.noise_schedule import SKIP_TYPES, DiscreteNoiseSchedule
+from guided_diffusion.unipc import VARIANTS, sample_unipc
 
-SAMPLERS = [  # (label, name, order, variant)
-    ("DDIM (DPM-Solver++ 1)", "dpm_solver", 1, "bh2"),
-    ("DPM-Solver++(2M)", "dpm_solver", 2, "bh2"),
-    ("DPM-Solver++(3M)", "dpm_solver", 3, "bh2"),
-    ("UniPC-1 bh1", "unipc", 1, "bh1"),
-    ("UniPC-2 bh1", "unipc", 2, "bh1"),
-    ("UniPC-3 bh1", "unipc", 3, "bh1"),
-    ("UniPC-1 bh2", "unipc", 1, "bh2"),
-    ("UniPC-2 bh2", "unipc", 2, "bh2"),
-    ("UniPC-3 bh2", "unipc", 3, "bh2"),
-]
+SOLVERS = [  # (label, solver, order, solver options)
+    ("DDIM (DPM-Solver++ 1)", sample_dpm_solver_pp, 1, {}),
+    ("DPM-Solver++(2M)", sample_dpm_solver_pp, 2, {}),
+    ("DPM-Solver++(3M)", sample_dpm_solver_pp, 3, {}),
+] + [(f"UniPC-{order} {variant}", sample_unipc, order, {"variant": variant}) for variant in VARIANTS for order in (1, 2, 3)]
 
 
 def gaussian_data(seed):
@@ -51,10 +47,10 @@ def error_table(noise_schedule_name, skip_type, steps_list, num_samples, seed):
         (schedule.alpha(schedule.t_min), schedule.sigma(schedule.t_min)),
     )
     rows = []
-    for label, name, order, variant in SAMPLERS:
+    for label, solver, order, options in SOLVERS:
         errors = []
         for steps in steps_list:
-            x = solve(name, data_fn, x_T, schedule, steps, order=order, skip_type=skip_type, variant=variant)
+            x = solve(solver, data_fn, x_T, schedule, steps, order=order, skip_type=skip_type, **options)
             errors.append((x - exact).flatten(1).norm(dim=1).mean().item())
         rows.append((label, errors))
     return rows
