@@ -7,7 +7,6 @@ evaluation was repeated, the later line wins. Lines whose fid, iterations or
 steps are null (unknown) have no place on either axis and are left out.
 """
 
-import os
 from collections import Counter
 
 from evaluations import registry

@@ -47,11 +47,22 @@ from guided_diffusion import samplers
 from guided_diffusion.targets import DEFAULT_TARGET, check_target
 from guided_diffusion.weighting import check_weight_schedule
 
+from .launch import REPO_ROOT
+
 LAUNCHERS = ("local", "mpiexec", "torchrun", "slurm")
 
 
 class PlanError(ValueError):
     """A plan file that cannot be run as written."""
+
+
+def resolve_config_path(path):
+    """A dataset config as written, or, when that does not exist from here, the one of this checkout
+    (`configs/ffhq.toml` in a shipped plan works from any working directory)."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    in_checkout = os.path.join(REPO_ROOT, path)
+    return in_checkout if os.path.exists(in_checkout) else path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +212,7 @@ def load_plan(path, root=None):
         config = entry.get("config")
         if not config:
             raise PlanError(f"{where}: missing 'config' (a file of configs/)")
+        config = resolve_config_path(config)
         if name != "embedded" and not entry.get("source") and not entry.get("data_dir"):
             raise PlanError(f"{where}: give 'source' (to prepare) or 'data_dir' (already prepared)")
         runs = [Run.parse(r, where) for r in entry.get("runs", ["constant", "p2", "min_snr", "debias"])]

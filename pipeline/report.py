@@ -12,7 +12,7 @@ import shutil
 
 from evaluations.registry import latest, read_results
 from guided_diffusion.atomic import atomic_write_text
-from .plan import Run, load_plan
+from .plan import Run, load_plan, resolve_config_path
 from .runner import FINISHED_PREFIX
 
 # Above this FID, samples of these datasets are noise-dominated blobs, not images.
@@ -133,6 +133,7 @@ def setup_table(plan, paper_config="configs/ffhq.toml"):
     manifest = os.path.join(ds.data_dir, "manifest.json")
     count = json.load(open(manifest)).get("count") if os.path.exists(manifest) else None
     ref_images = ds.evaluate.get("ref_flags", {}).get("num_images", count)
+    paper_config = resolve_config_path(paper_config)
     rows = [
         ("data", f"`{ds.name}`, {count or '?'} images", "FFHQ 70K, CelebA-HQ 30K, AFHQ-dog, MetFaces 1.3K, ..."),
         ("UNet parameters", f"{model_parameters(ds.config) / 1e6:.2f}M", f"{model_parameters(paper_config) / 1e6:.1f}M (ADM, 256x256)"),

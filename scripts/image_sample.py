@@ -14,15 +14,19 @@ from guided_diffusion import dist_util, sampling
 from guided_diffusion.script_util import create_argparser, parse_args_with_config
 
 
-def main(argv=None):
+def parse_flags(argv):
+    """The sampling flags of a command line (`--config` file first, then the flags given)."""
     defaults = sampling.flag_defaults()
     parser = create_argparser(defaults, description=__doc__.splitlines()[0])
+    args = parse_args_with_config(parser, defaults, argv, sections=sampling.CONFIG_SECTIONS)
+    return {k: getattr(args, k) for k in defaults}
+
+
+def main(argv=None):
     try:
-        args = parse_args_with_config(
-            parser, defaults, sys.argv[1:] if argv is None else argv, sections=sampling.CONFIG_SECTIONS
-        )
+        flags = parse_flags(sys.argv[1:] if argv is None else argv)
         dist_util.setup_dist()
-        result = sampling.sample_to_dir({k: getattr(args, k) for k in defaults})
+        result = sampling.sample_to_dir(flags)
     except sampling.USER_ERRORS as e:
         print(f"image_sample.py: error: {e}", file=sys.stderr, flush=True)
         if dist_util.get_world_size() > 1:

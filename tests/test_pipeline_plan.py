@@ -1,12 +1,15 @@
 """Plans expand into the expected stages; launchers and Slurm scripts are right as text."""
 
+import importlib.util
 import io
 import os
 import re
 
 import pytest
 
+from guided_diffusion import sampling
 from pipeline import PlanError, expand, load_plan, reproduce
+from scripts import image_sample, image_train
 from pipeline import launch, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,8 +24,9 @@ def kinds(stages):
 
 
 @pytest.fixture(autouse=True)
-def in_repo(monkeypatch):
-    monkeypatch.chdir(REPO)
+def elsewhere(tmp_path, monkeypatch):
+    """Plans and their stages must not depend on the working directory."""
+    monkeypatch.chdir(tmp_path)
 
 
 def test_paper_plan_expands_to_the_full_grid(tmp_path):
@@ -72,9 +76,19 @@ def test_dry_run_lists_every_stage_with_its_command(tmp_path):
 
 
 @pytest.mark.parametrize("plan", ["table1", "table2", "table3", "table4", "paper", "demo"])
-def test_shipped_plans_load(plan, tmp_path):
+def test_shipped_plans_run_existing_entry_points_with_flags_they_accept(plan, tmp_path):
     stages = expand(load_plan(os.path.join(PLANS, f"{plan}.toml"), root=str(tmp_path)))
-    assert stages and all(s.argv for s in stages)
+    parsers = {"train": image_train.parse_flags, "sample": image_sample.parse_flags}
+    assert stages
+    for stage in stages:
+        assert stage.argv[0] == "-m" and importlib.util.find_spec(stage.argv[1]) is not None, stage.argv[:2]
+        if stage.kind in parsers:
+            flags = parsers[stage.kind](stage.argv[2:])
+        if stage.kind == "train":
+            assert flags["weight_schedule"] == stage.name.split("/")[2].split("@")[0]
+        if stage.kind == "sample":
+            sampler, steps = re.fullmatch(r"([a-z_]+?)(\d+)", stage.name.split("/")[-1]).groups()
+            assert flags["sampler"] == sampler and sampling.sampling_steps(sampling.validate_flags(flags)) == int(steps)
 
 
 def test_launchers_wrap_only_distributed_stages(tmp_path):

@@ -14,13 +14,8 @@ import pytest
 import torch as th
 
 from guided_diffusion import sample_store, samplers, sampling
+from guided_diffusion.script_util import create_argparser, model_and_diffusion_defaults, parse_args_with_config
 from tests.tiny import TINY_8X8, save_random_checkpoint
-from guided_diffusion.script_util import (
-    create_argparser,
-    create_model_and_diffusion,
-    model_and_diffusion_defaults,
-    parse_args_with_config,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "image_sample.py"
@@ -252,8 +247,19 @@ def test_fast_samplers_are_reproducible_by_index(checkpoints, tmp_path, sampler)
 def test_reduced_precision_stays_close_to_fp32(reference, checkpoints, tmp_path, precision):
     _, data = run_library(checkpoints["uncond"], tmp_path, precision=precision)
     difference = np.abs(data["arr_0"].astype(int) - reference["images"].astype(int))
-    # bfloat16 keeps 8 mantissa bits, float16 11: on average within a level or two out of 255 after 4 steps.
-    assert difference.mean() < 2.0, difference.mean()
+    # bfloat16 keeps 8 mantissa bits, float16 11: on average within a level or two out of 255 after 4 steps,
+    # and never bit-identical to fp32, which a flag that was silently ignored would be.
+    assert 0 < difference.mean() < 2.0, difference.mean()
+    summary = json.loads((tmp_path / "sampling.json").read_text())
+    assert summary["image_flags"]["precision"] == precision
+
+
+def test_adm_use_fp16_runs_fp32_on_cpu_and_says_so(reference, checkpoints, tmp_path, capsys):
+    _, data = run_library(checkpoints["uncond"], tmp_path, use_fp16=True)
+    assert np.array_equal(data["arr_0"], reference["images"])
+    assert "--use_fp16 True: this device has no fast float16, running fp32" in capsys.readouterr().out
+    _, insisted = run_library(checkpoints["uncond"], tmp_path / "insist", use_fp16=True, precision="fp16")
+    assert not np.array_equal(insisted["arr_0"], reference["images"])
 
 
 @pytest.mark.parametrize("mode", ["balanced", "2", "uniform"])

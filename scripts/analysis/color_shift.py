@@ -10,9 +10,10 @@ import argparse
 import sys
 
 from analyses.color_shift import run
+from scripts.analysis import run_command
 
 
-def main(argv=None):
+def command(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--samples", required=True,
@@ -31,8 +32,9 @@ def main(argv=None):
     print(f"wrote {paths['png']} and {paths['csv']}")
 
 
+def main(argv=None):
+    return run_command("color_shift", command, sys.argv[1:] if argv is None else argv)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as err:
-        sys.exit(f"color_shift: error: {err}")
+    sys.exit(main())

@@ -14,9 +14,10 @@ from analyses.flags import add_checkpoint_arguments, checkpoint_specs, parse_int
 from analyses.models import model_settings
 from guided_diffusion import samplers
 from guided_diffusion.script_util import create_argparser, model_and_diffusion_defaults, parse_args_with_config
+from scripts.analysis import run_command
 
 
-def main(argv=None):
+def command(argv):
     defaults = model_and_diffusion_defaults()
     parser = create_argparser(defaults, description=__doc__)
     add_checkpoint_arguments(parser)
@@ -34,8 +35,9 @@ def main(argv=None):
     print(f"wrote {paths['png']} and {paths['csv']}")
 
 
+def main(argv=None):
+    return run_command("few_step_grid", command, sys.argv[1:] if argv is None else argv)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as err:
-        sys.exit(f"few_step_grid: error: {err}")
+    sys.exit(main())

@@ -9,9 +9,10 @@ import argparse
 import sys
 
 from analyses.fid_curves import DEFAULT_RESULTS, run
+from scripts.analysis import run_command
 
 
-def main(argv=None):
+def command(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="the results registry (JSON lines)")
     parser.add_argument("--dataset", default=None, help="required when the registry holds several datasets")
@@ -31,8 +32,9 @@ def main(argv=None):
     print(f"wrote {paths['png']} and {paths['csv']}")
 
 
+def main(argv=None):
+    return run_command("fid_curves", command, sys.argv[1:] if argv is None else argv)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as err:
-        sys.exit(f"fid_curves: error: {err}")
+    sys.exit(main())

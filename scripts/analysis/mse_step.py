@@ -13,9 +13,10 @@ from analyses.flags import add_checkpoint_arguments, checkpoint_specs
 from analyses.models import model_settings
 from analyses.mse_step import run
 from guided_diffusion.script_util import create_argparser, model_and_diffusion_defaults, parse_args_with_config
+from scripts.analysis import run_command
 
 
-def main(argv=None):
+def command(argv):
     defaults = model_and_diffusion_defaults()
     parser = create_argparser(defaults, description=__doc__)
     add_checkpoint_arguments(parser)
@@ -33,8 +34,9 @@ def main(argv=None):
     print(f"wrote {paths['png']} and {paths['csv']}")
 
 
+def main(argv=None):
+    return run_command("mse_step", command, sys.argv[1:] if argv is None else argv)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as err:
-        sys.exit(f"mse_step: error: {err}")
+    sys.exit(main())

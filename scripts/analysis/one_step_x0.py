@@ -13,9 +13,10 @@ from analyses.flags import add_checkpoint_arguments, checkpoint_specs, parse_int
 from analyses.models import model_settings
 from analyses.one_step import DEFAULT_TIMESTEPS, run
 from guided_diffusion.script_util import create_argparser, model_and_diffusion_defaults, parse_args_with_config, str2bool
+from scripts.analysis import run_command
 
 
-def main(argv=None):
+def command(argv):
     defaults = model_and_diffusion_defaults()
     parser = create_argparser(defaults, description=__doc__)
     add_checkpoint_arguments(parser)
@@ -35,8 +36,9 @@ def main(argv=None):
     print("wrote " + ", ".join(paths.values()))
 
 
+def main(argv=None):
+    return run_command("one_step_x0", command, sys.argv[1:] if argv is None else argv)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as err:
-        sys.exit(f"one_step_x0: error: {err}")
+    sys.exit(main())

@@ -7,9 +7,10 @@ import argparse
 import sys
 
 from analyses.schedules import run_snr_curves
+from scripts.analysis import run_command
 
 
-def main(argv=None):
+def command(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--schedules", default="linear,cosine", help="comma-separated noise schedules")
     parser.add_argument("--diffusion_steps", type=int, default=1000)
@@ -20,8 +21,9 @@ def main(argv=None):
     print(f"wrote {paths['png']} and {paths['csv']}")
 
 
+def main(argv=None):
+    return run_command("snr_curves", command, sys.argv[1:] if argv is None else argv)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as err:
-        sys.exit(f"snr_curves: error: {err}")
+    sys.exit(main())

@@ -11,9 +11,10 @@ import sys
 from analyses.schedules import NORMALIZATIONS, run_weight_curves
 from guided_diffusion import weighting
 from guided_diffusion.script_util import diffusion_defaults
+from scripts.analysis import run_command
 
 
-def main(argv=None):
+def command(argv):
     defaults = diffusion_defaults()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--noise_schedule", default=defaults["noise_schedule"])
@@ -33,8 +34,9 @@ def main(argv=None):
     print(f"wrote {paths['png']} and {paths['csv']}")
 
 
+def main(argv=None):
+    return run_command("weight_curves", command, sys.argv[1:] if argv is None else argv)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as err:
-        sys.exit(f"weight_curves: error: {err}")
+    sys.exit(main())
