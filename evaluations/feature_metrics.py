@@ -57,6 +57,15 @@ def kernel_inception_distance(generated, real, subsets=KID_SUBSETS, subset_size=
     return out[KEY_METRIC_KID_MEAN], out[KEY_METRIC_KID_STD]
 
 
+def kid_subset_size(num_generated, num_real, largest=KID_SUBSET_SIZE):
+    """The usual 1000, or half the smaller set when there are fewer than 2000 images on a side.
+
+    Subsets as large as a set are all that set, so their KID spread would be 0; halves
+    differ, and the spread of KID over them bounds the uncertainty of the estimate.
+    """
+    return max(2, min(largest, num_generated // 2, num_real // 2))
+
+
 def precision_recall(generated, real, neighborhood=PRC_NEIGHBORHOOD):
     """(precision, recall) of generated features against real ones."""
     generated, real = _check_pair(generated, real)

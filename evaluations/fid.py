@@ -23,11 +23,11 @@ from guided_diffusion.atomic import atomic_write_text
 from guided_diffusion.targets import TARGETS
 
 from .errors import EvaluationError
-from .feature_metrics import inception_score, kernel_inception_distance, precision_recall
+from .feature_metrics import inception_score, kernel_inception_distance, kid_subset_size, precision_recall
 from .features import DEFAULT_BATCH_SIZE, extract_features, pool_statistics
-from .frechet import frechet_distance, gaussian_statistics
+from .frechet import bootstrap_frechet_distance, frechet_distance, gaussian_statistics
 from .inception import LOGITS, POOL_FEATURES, InceptionFeatures
-from .ref_stats import default_statistics_cache_dir, holds_statistics, reference_statistics
+from .ref_stats import default_statistics_cache_dir, holds_statistics, load_features, reference_statistics
 from .registry import ADM_DEFAULTS, DEFAULT_RESULTS, append_result
 from .run_metadata import fields_from_run_files
 from .sources import open_image_source
@@ -46,38 +46,52 @@ def evaluate(
     with_inception_score=False,
     with_kid=False,
     with_precision_recall=False,
+    bootstrap=0,
     cache_dir=None,
     progress=True,
 ):
-    """Metrics of `samples` against `ref`: dict with fid, num_samples, and is/kid/precision/recall (None if not asked)."""
+    """Metrics of `samples` against `ref`: dict with fid, num_samples, and is/kid/precision/recall/fid_std (None if not asked).
+
+    KID and precision/recall need reference features: a `--ref` written by
+    `ref_stats --features` holds them, otherwise `ref` must be images. With
+    `bootstrap` B > 1, `fid_std` is the standard deviation of the FID over B
+    resamples of the samples (the uncertainty from their finite number).
+    """
     if batch_size < 1:
         raise EvaluationError(f"--batch_size must be positive, got {batch_size}")
     needs_reference_features = with_kid or with_precision_recall
-    if needs_reference_features and holds_statistics(ref):
+    reference_features = load_features(ref) if needs_reference_features else None
+    if needs_reference_features and reference_features is None and holds_statistics(ref):
         raise EvaluationError(
-            f"--kid/--prc compare two feature sets, but --ref {ref!r} holds only mu/sigma; pass reference images"
+            f"--kid/--prc compare two feature sets, but --ref {ref!r} holds only mu/sigma; pass reference images "
+            "or statistics written by `evaluations.ref_stats --features`"
         )
     inception = InceptionFeatures(inception_weights, device=device, with_logits=with_inception_score)
     source = open_image_source(samples)
 
-    reference_features = None
-    if needs_reference_features:
+    if needs_reference_features and reference_features is None:
         reference_features = extract_features(ref, inception, batch_size, progress, desc="reference")[POOL_FEATURES]
+    if reference_features is not None and not holds_statistics(ref):
         ref_mu, ref_sigma = gaussian_statistics(reference_features)
     else:
         ref_mu, ref_sigma = reference_statistics(ref, lambda: inception, batch_size, cache_dir, progress)
 
-    metrics = {"is": None, "is_std": None, "kid": None, "kid_std": None, "precision": None, "recall": None}
-    if with_inception_score or needs_reference_features:
+    metrics = {"is": None, "is_std": None, "kid": None, "kid_std": None, "precision": None, "recall": None,
+               "fid_std": None}
+    if with_inception_score or needs_reference_features or bootstrap:
         features = extract_features(source, inception, batch_size, progress, desc="samples")
-        mu, sigma = gaussian_statistics(features[POOL_FEATURES])
-        count = features[POOL_FEATURES].shape[0]
+        pool = features[POOL_FEATURES]
+        mu, sigma = gaussian_statistics(pool)
+        count = pool.shape[0]
         if with_inception_score:
             metrics["is"], metrics["is_std"] = inception_score(features[LOGITS])
         if with_kid:
-            metrics["kid"], metrics["kid_std"] = kernel_inception_distance(features[POOL_FEATURES], reference_features)
+            subset_size = kid_subset_size(len(pool), len(reference_features))
+            metrics["kid"], metrics["kid_std"] = kernel_inception_distance(pool, reference_features, subset_size=subset_size)
         if with_precision_recall:
-            metrics["precision"], metrics["recall"] = precision_recall(features[POOL_FEATURES], reference_features)
+            metrics["precision"], metrics["recall"] = precision_recall(pool, reference_features)
+        if bootstrap:
+            metrics["fid_std"] = float(bootstrap_frechet_distance(pool, ref_mu, ref_sigma, bootstrap).std(ddof=1))
     else:
         mu, sigma, count = pool_statistics(source, inception, batch_size, progress, desc="samples")
     metrics["fid"] = frechet_distance(mu, sigma, ref_mu, ref_sigma)
@@ -106,6 +120,7 @@ def registry_record(samples, ref, metrics, fields, date=None):
         "steps": fields["steps"],
         "num_samples": metrics["num_samples"],
         "fid": metrics["fid"],
+        "fid_std": metrics["fid_std"],
         "is": metrics["is"],
         "is_std": metrics["is_std"],
         "kid": metrics["kid"],
@@ -121,7 +136,8 @@ def registry_record(samples, ref, metrics, fields, date=None):
 
 
 def format_metrics(metrics):
-    lines = [f"FID: {metrics['fid']:.4f}  ({metrics['num_samples']} samples)"]
+    spread = f" +- {metrics['fid_std']:.4f} (bootstrap)" if metrics["fid_std"] is not None else ""
+    lines = [f"FID: {metrics['fid']:.4f}{spread}  ({metrics['num_samples']} samples)"]
     if metrics["is"] is not None:
         lines.append(f"Inception Score: {metrics['is']:.4f} +- {metrics['is_std']:.4f}")
     if metrics["kid"] is not None:
@@ -140,8 +156,12 @@ def build_parser():
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--is", dest="inception_score", action="store_true", help="also the Inception Score")
-    parser.add_argument("--kid", action="store_true", help="also KID (needs reference images)")
+    parser.add_argument("--kid", action="store_true", help="also KID (needs reference images or ref_stats --features)")
     parser.add_argument("--prc", action="store_true", help="also precision/recall (needs reference images)")
+    parser.add_argument(
+        "--bootstrap", type=int, default=0, metavar="B",
+        help="also the FID's standard deviation over B resamples of the samples (0: off)",
+    )
     parser.add_argument("--cache_dir", default=default_statistics_cache_dir(), help="reference statistics cache")
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="results registry ('' records nothing)")
     parser.add_argument("--metrics_out", default=None, help="also write this run's record as a JSON file")
@@ -169,6 +189,7 @@ def main(argv=None):
             with_inception_score=args.inception_score,
             with_kid=args.kid,
             with_precision_recall=args.prc,
+            bootstrap=args.bootstrap,
             cache_dir=args.cache_dir or None,
         )
         print(format_metrics(metrics))

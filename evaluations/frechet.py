@@ -62,6 +62,55 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=SINGULAR_OFFSET):
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
 
 
+def psd_sqrt(matrix):
+    """The symmetric square root of a positive semi-definite matrix (tiny negative eigenvalues clipped)."""
+    eigenvalues, eigenvectors = np.linalg.eigh(np.asarray(matrix, dtype=np.float64))
+    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+
+
+def frechet_distance_of_features(features, mu_ref, sigma_ref, sqrt_sigma_ref=None):
+    """FID of an (N, D) feature set against N(mu_ref, sigma_ref), exact and cheap when N < D.
+
+    Tr((S S_ref)^(1/2)) equals Tr((S_ref^(1/2) S S_ref^(1/2))^(1/2)), and with S = X^T X / (N - 1) for the
+    centred features X the nonzero eigenvalues of S_ref^(1/2) S S_ref^(1/2) are those of the N x N matrix
+    (X S_ref^(1/2))(X S_ref^(1/2))^T / (N - 1). One eigendecomposition of an N x N matrix per call makes
+    bootstrapping the FID of a few hundred samples affordable; `sqrt_sigma_ref` (from `psd_sqrt`) can be
+    passed to share the D x D square root between calls.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise EvaluationError(f"features must be an (N >= 2, D) array, got shape {features.shape}")
+    mu_ref, sigma_ref = _as_statistics(mu_ref, sigma_ref, "reference")
+    if sqrt_sigma_ref is None:
+        sqrt_sigma_ref = psd_sqrt(sigma_ref)
+    mu = features.mean(axis=0)
+    centred = features - mu
+    projected = centred @ sqrt_sigma_ref
+    gram = projected @ projected.T / (features.shape[0] - 1)
+    cross_trace = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None)).sum()
+    trace_sigma = float((centred**2).sum() / (features.shape[0] - 1))
+    diff = mu - mu_ref
+    return float(diff @ diff + trace_sigma + np.trace(sigma_ref) - 2.0 * cross_trace)
+
+
+def bootstrap_frechet_distance(features, mu_ref, sigma_ref, replicates, seed=0):
+    """FIDs of `replicates` resamples (with replacement) of the sample features against the fixed reference.
+
+    Their standard deviation is the FID's uncertainty from the finite sample set
+    (the reference statistics are held fixed).
+    """
+    if replicates < 2:
+        raise EvaluationError(f"--bootstrap needs at least 2 replicates, got {replicates}")
+    features = np.asarray(features, dtype=np.float64)
+    sqrt_sigma_ref = psd_sqrt(sigma_ref)
+    rng = np.random.default_rng(seed)
+    return np.array([
+        frechet_distance_of_features(features[rng.integers(0, len(features), len(features))], mu_ref, sigma_ref,
+                                     sqrt_sigma_ref)
+        for _ in range(replicates)
+    ])
+
+
 def gaussian_statistics(features):
     """(mu, sigma) in float64 of an (N, D) feature array, N >= 2."""
     features = np.asarray(features, dtype=np.float64)

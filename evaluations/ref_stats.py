@@ -22,24 +22,30 @@ from guided_diffusion.atomic import atomic_open
 
 from .convert_inception import default_cache_dir
 from .errors import EvaluationError, MissingInputError
-from .features import DEFAULT_BATCH_SIZE, pool_statistics
-from .inception import InceptionFeatures
+from .features import DEFAULT_BATCH_SIZE, extract_features, pool_statistics
+from .frechet import gaussian_statistics
+from .inception import POOL_FEATURES, InceptionFeatures
 from .sources import FirstImages, open_image_source
 
 log = logging.getLogger(__name__)
 
 STATISTICS_KEYS = ("mu", "sigma")
+FEATURES_KEY = "features"
 
 
 def default_statistics_cache_dir():
     return os.path.join(default_cache_dir(), "ref_stats")
 
 
-def save_statistics(path, mu, sigma, num_images):
+def save_statistics(path, mu, sigma, num_images, features=None):
+    """mu, sigma (float64) and, when given, the pool features (float32, N x D) that KID and bootstraps need."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    arrays = dict(mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), num_images=num_images)
+    if features is not None:
+        arrays[FEATURES_KEY] = np.asarray(features, np.float32)
     with atomic_open(path, "wb") as f:
-        np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), num_images=num_images)
+        np.savez(f, **arrays)
 
 
 def npz_keys(path):
@@ -78,6 +84,14 @@ def load_statistics(path):
             f"reference {path!r}: 'mu' must be (D,) and 'sigma' (D, D), got {mu.shape} and {sigma.shape}"
         )
     return mu, sigma
+
+
+def load_features(path):
+    """The reference pool features saved with `--features`, or None when the npz holds statistics only."""
+    if not (os.path.isfile(path) and path.endswith(".npz")) or FEATURES_KEY not in npz_keys(path):
+        return None
+    with np.load(path) as contents:
+        return np.asarray(contents[FEATURES_KEY], dtype=np.float32)
 
 
 def statistics_cache_key(source, inception):
@@ -127,6 +141,10 @@ def main(argv=None):
     parser.add_argument(
         "--num_images", type=int, default=None, help="only the first N images (quick runs; the paper uses the full set)"
     )
+    parser.add_argument(
+        "--features", action="store_true",
+        help="also store the pool features, so that evaluations.fid --kid and --bootstrap need no reference images",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -136,8 +154,13 @@ def main(argv=None):
         source = open_image_source(args.input)
         if args.num_images is not None:
             source = FirstImages(source, args.num_images)
-        mu, sigma = image_statistics(args.input, inception, args.batch_size, args.cache_dir or None, source=source)
-        save_statistics(args.out, mu, sigma, source.num_images)
+        features = None
+        if args.features:
+            features = extract_features(source, inception, args.batch_size, desc=f"features {args.input}")[POOL_FEATURES]
+            mu, sigma = gaussian_statistics(features)
+        else:
+            mu, sigma = image_statistics(args.input, inception, args.batch_size, args.cache_dir or None, source=source)
+        save_statistics(args.out, mu, sigma, source.num_images, features)
     except EvaluationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

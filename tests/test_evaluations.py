@@ -24,7 +24,13 @@ from evaluations.convert_inception import convert_fid_inception, find_fid_helper
 from evaluations.errors import EvaluationError, MissingInputError
 from evaluations.feature_metrics import inception_score, kernel_inception_distance, precision_recall
 from evaluations.features import extract_features
-from evaluations.frechet import RunningMoments, frechet_distance, gaussian_statistics
+from evaluations.frechet import (
+    RunningMoments,
+    bootstrap_frechet_distance,
+    frechet_distance,
+    frechet_distance_of_features,
+    gaussian_statistics,
+)
 from evaluations.inception import POOL_FEATURES, InceptionFeatures, LogitsUnavailableError
 from evaluations.registry import RESULT_FIELDS, append_result, read_results
 from evaluations.run_metadata import fields_from_run_files
@@ -204,6 +210,30 @@ def test_frechet_distance_rejects_bad_statistics():
     # A "covariance" with a negative eigenvalue has no real square root: the imaginary check must fire.
     with pytest.raises(EvaluationError, match="imaginary component"):
         frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
+
+
+@pytest.mark.parametrize("num_samples", [20, 90])
+def test_frechet_distance_of_features_equals_the_matrix_square_root_formula(num_samples):
+    """The N x N eigenvalue route gives scipy's sqrtm answer, with fewer samples than dimensions and with more."""
+    rng = np.random.default_rng(num_samples)
+    mixing = rng.normal(size=(48, 48)) * 0.3
+    reference = rng.normal(size=(400, 48)) @ mixing
+    samples = rng.normal(0.4, 1.1, size=(num_samples, 48)) @ mixing
+    mu_ref, sigma_ref = gaussian_statistics(reference)
+    expected = frechet_distance(*gaussian_statistics(samples), mu_ref, sigma_ref)
+    assert frechet_distance_of_features(samples, mu_ref, sigma_ref) == pytest.approx(expected, rel=1e-7)
+
+
+def test_bootstrap_spread_shrinks_like_one_over_root_n():
+    rng = np.random.default_rng(3)
+    mu_ref, sigma_ref = np.zeros(16), np.eye(16)
+    # Away from the reference the FID is linear in the sample mean, so its spread falls like 1/sqrt(N).
+    spreads = [bootstrap_frechet_distance(rng.normal(0.5, 1.0, size=(n, 16)), mu_ref, sigma_ref, 200, seed=1).std()
+               for n in (100, 400)]
+    assert spreads[0] / spreads[1] == pytest.approx(2.0, rel=0.35)
+    again = bootstrap_frechet_distance(np.ones((5, 16)) + np.arange(5)[:, None], mu_ref, sigma_ref, 3, seed=9)
+    np.testing.assert_array_equal(again, bootstrap_frechet_distance(np.ones((5, 16)) + np.arange(5)[:, None],
+                                                                     mu_ref, sigma_ref, 3, seed=9))
 
 
 def test_running_moments_equal_two_pass_statistics():
@@ -490,6 +520,22 @@ def test_fid_of_image_sets_matches_independent_computation_and_grows_with_noise(
     assert set(RESULT_FIELDS) <= set(record)
     with open(metrics_out) as f:
         assert json.load(f)["fid"] == record["fid"]
+
+
+def test_kid_and_bootstrap_from_reference_features_stored_by_ref_stats(
+    converted_weights, image_sets, reference_features, statistics_cache, tmp_path
+):
+    ref = tmp_path / "ref_features.npz"
+    argv = [image_sets["clean_folder"], str(ref), "--inception_weights", converted_weights, "--features"]
+    assert ref_stats.main(argv + ["--cache_dir", statistics_cache, "--batch_size", "4"]) == 0
+    np.testing.assert_allclose(ref_stats.load_features(str(ref)), reference_features["clean"], atol=1e-4)
+    from_stored = fid_cli.evaluate(image_sets["noisy1_npz"], str(ref), inception_weights=converted_weights,
+                                   batch_size=5, with_kid=True, bootstrap=20, progress=False)
+    from_images = fid_cli.evaluate(image_sets["noisy1_npz"], image_sets["clean_folder"],
+                                   inception_weights=converted_weights, batch_size=5, with_kid=True, progress=False)
+    assert from_stored["kid"] == pytest.approx(from_images["kid"], rel=1e-3)
+    assert from_stored["fid"] == pytest.approx(from_images["fid"], rel=1e-3)
+    assert 0 < from_stored["fid_std"] < from_stored["fid"] and from_images["fid_std"] is None
 
 
 def test_kid_and_prc_need_reference_images(tmp_path):
