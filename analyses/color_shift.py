@@ -7,14 +7,18 @@ image's spatial mean colour. Against the reference set a sample set gets
 - mean_diff_{r,g,b}: sample mean minus reference mean;
 - std_ratio_{r,g,b}: sample std over reference std;
 - mean_shift_l2: the L2 distance between the two mean colour vectors;
+- mean_spread: the spread of the per-image mean colours (their standard
+  deviation over images, averaged over the channels), which a colour shift
+  that tints each image differently inflates (the paper's Fig. 1);
 - spatial_mean_fd: the Frechet distance between Gaussians fitted to the
   per-image mean colours, which also sees tints that vary from image to
   image and cancel in the set mean.
 """
 
 import numpy as np
-from scipy import linalg
 from tqdm.auto import tqdm
+
+from evaluations.frechet import frechet_distance, gaussian_statistics
 
 from .flags import parse_named_paths, require_positive
 from .images import image_batches
@@ -58,15 +62,11 @@ def image_set_statistics(path, image_size=None, batch_size=256, limit=None, prog
     return statistics.summary()
 
 
-def frechet_distance(a, b):
-    """Frechet distance between Gaussians fitted to the rows of `a` and of `b`."""
+def fitted_frechet_distance(a, b):
+    """Frechet distance between Gaussians fitted to the rows of `a` and of `b` (NaN with fewer than 2 rows)."""
     if a.shape[0] < 2 or b.shape[0] < 2:
         return float("nan")
-    mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    cross = linalg.sqrtm(cov_a @ cov_b)
-    cross = np.real(cross)
-    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2.0 * cross))
+    return frechet_distance(*gaussian_statistics(a), *gaussian_statistics(b))
 
 
 def compare(sample, reference):
@@ -75,7 +75,8 @@ def compare(sample, reference):
         "mean_diff": sample["mean"] - reference["mean"],
         "std_ratio": sample["std"] / reference["std"],
         "mean_shift_l2": float(np.linalg.norm(sample["mean"] - reference["mean"])),
-        "spatial_mean_fd": frechet_distance(sample["image_means"], reference["image_means"]),
+        "mean_spread": float(sample["image_means"].std(axis=0, ddof=1).mean()) if len(sample["image_means"]) > 1 else float("nan"),
+        "spatial_mean_fd": fitted_frechet_distance(sample["image_means"], reference["image_means"]),
     }
 
 
@@ -123,7 +124,7 @@ def write_color_shift(result, prefix):
         ["checkpoint", "steps", "num_images"]
         + [f"mean_{c}" for c in CHANNELS] + [f"std_{c}" for c in CHANNELS]
         + [f"mean_diff_{c}" for c in CHANNELS] + [f"std_ratio_{c}" for c in CHANNELS]
-        + ["mean_shift_l2", "spatial_mean_fd"]
+        + ["mean_shift_l2", "mean_spread", "spatial_mean_fd"]
     )
     rows = []
     for name, steps, summary, numbers in result["rows"]:
@@ -131,30 +132,50 @@ def write_color_shift(result, prefix):
             [name, "" if steps is None else steps, summary["num_images"]]
             + [float(v) for v in summary["mean"]] + [float(v) for v in summary["std"]]
             + [float(v) for v in numbers["mean_diff"]] + [float(v) for v in numbers["std_ratio"]]
-            + [numbers["mean_shift_l2"], numbers["spatial_mean_fd"]]
+            + [numbers["mean_shift_l2"], numbers["mean_spread"], numbers["spatial_mean_fd"]]
         )
     csv_path = write_csv(prefix + ".csv", header, rows)
-
-    samples = result["rows"][1:]
-    labels = [name if steps is None else f"{name}\nT={steps}" for name, steps, _, _ in samples]
-    x = np.arange(len(samples))
-    figure = new_figure(max(6.0, 1.0 + 0.9 * len(samples)) * 2, 3.8)
-    diff_axes, shift_axes = figure.subplots(1, 2)
-    width = 0.8 / 3
-    for c, (channel, color) in enumerate(zip(CHANNELS, ("tab:red", "tab:green", "tab:blue"))):
-        diff_axes.bar(x + (c - 1) * width, [numbers["mean_diff"][c] for *_, numbers in samples], width,
-                      color=color, label=channel)
-    diff_axes.axhline(0.0, color="black", linewidth=0.8)
-    diff_axes.set_ylabel("channel mean - reference mean [0, 255]")
-    diff_axes.legend(fontsize=8)
-    shift_axes.bar(x, [numbers["mean_shift_l2"] for *_, numbers in samples], 0.6, color="tab:gray")
-    shift_axes.set_ylabel("L2 distance of mean colours [0, 255]")
-    for axes in (diff_axes, shift_axes):
-        axes.set_xticks(x, labels, fontsize=8)
-        axes.grid(True, axis="y", alpha=0.3)
-    figure.suptitle(f"Colour shift against the reference ({result['rows'][0][2]['num_images']} images)", fontsize=10)
-    png_path = save_figure(figure, prefix + ".png", dpi=100)
+    png_path = save_figure(_color_shift_figure(result), prefix + ".png", dpi=110)
     return {"png": png_path, "csv": csv_path}
+
+
+def _color_shift_figure(result):
+    """Three panels over the sets (one line per checkpoint over T when the sets name T): the spread of the
+    per-image mean colours, their Frechet distance to the reference's, and the pixel standard deviation."""
+    reference = result["rows"][0]
+    samples = result["rows"][1:]
+    panels = (
+        ("spread of per-image mean colour", lambda summary, numbers: numbers["mean_spread"], True),
+        ("Frechet distance of image means\nto the reference's", lambda summary, numbers: numbers["spatial_mean_fd"], False),
+        ("pixel standard deviation", lambda summary, numbers: float(summary["std"].mean()), True),
+    )
+    figure = new_figure(12, 3.6)
+    all_axes = figure.subplots(1, 3)
+    by_steps = all(steps is not None for _, steps, _, _ in samples)
+    names = list(dict.fromkeys(name for name, *_ in samples))
+    for axes, (label, value, reference_line) in zip(all_axes, panels):
+        if by_steps:
+            for index, name in enumerate(names):
+                mine = sorted((steps, value(summary, numbers)) for n, steps, summary, numbers in samples if n == name)
+                axes.plot([s for s, _ in mine], [v for _, v in mine], marker="o", color=f"C{index}", label=name)
+            axes.set_xscale("log")
+            steps = sorted({s for _, s, _, _ in samples})
+            axes.set_xticks(steps, [str(s) for s in steps])
+            axes.minorticks_off()
+            axes.set_xlabel("sampling steps T")
+        else:
+            x = np.arange(len(samples))
+            axes.bar(x, [value(summary, numbers) for _, _, summary, numbers in samples], 0.6, color="tab:gray")
+            axes.set_xticks(x, [name for name, *_ in samples], fontsize=8)
+        if reference_line:
+            axes.axhline(value(reference[2], reference[3]), color="black", linestyle="--", linewidth=1,
+                         label="training images")
+        axes.set_title(label + " [0, 255]", fontsize=10)
+        axes.grid(True, alpha=0.3)
+    all_axes[0].legend(fontsize=8)
+    figure.suptitle(f"Colour statistics of the samples against {reference[2]['num_images']} training images",
+                    fontsize=11)
+    return figure
 
 
 def run(samples, reference, out=None, image_size=None, batch_size=256, reference_limit=None, progress=True):

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from guided_diffusion.atomic import atomic_open
+from guided_diffusion.script_util import str2bool
 
 from .convert_inception import default_cache_dir
 from .errors import EvaluationError, MissingInputError
@@ -142,8 +143,8 @@ def main(argv=None):
         "--num_images", type=int, default=None, help="only the first N images (quick runs; the paper uses the full set)"
     )
     parser.add_argument(
-        "--features", action="store_true",
-        help="also store the pool features, so that evaluations.fid --kid and --bootstrap need no reference images",
+        "--features", type=str2bool, nargs="?", const=True, default=False,
+        help="also store the pool features, so that evaluations.fid --kid needs no reference images",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

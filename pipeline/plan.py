@@ -15,7 +15,7 @@ A plan looks like
     [sample]
     num_samples = 50000
     batch_size = 64
-    samplers = [{ sampler = "ddpm", steps = [1000, 500, 250, 100] }]
+    samplers = [{ sampler = "ddpm", steps = [1000, 500, 250, 100] }]   # evaluate = false: sample, no FID
 
     [[datasets]]
     name = "ffhq"                  # a dataset of datasets/ (prepare.py)
@@ -91,12 +91,16 @@ class Run:
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSetting:
-    """A sampler at a step count, optionally only for some checkpoints and runs of the dataset."""
+    """A sampler at a step count, optionally only for some checkpoints and runs of the dataset.
+
+    `evaluate` False samples the cell for the figures (colour statistics, say) without an Inception pass.
+    """
 
     sampler: str
     steps: int
     iterations: tuple = ()
     runs: tuple = ()
+    evaluate: bool = True
 
     def applies_to(self, iteration, run):
         return (not self.iterations or iteration in self.iterations) and (not self.runs or run.name in self.runs)
@@ -166,10 +170,13 @@ def _samplers(sample, where):
             raise PlanError(f"{where}: sampler {sampler} needs a list of positive step counts, got {steps!r}")
         iterations = tuple(int(i) for i in entry.get("iterations", ()))
         runs = tuple(Run.parse(r, where).name for r in entry.get("runs", ()))
-        unknown = set(entry) - {"sampler", "steps", "iterations", "runs"}
+        unknown = set(entry) - {"sampler", "steps", "iterations", "runs", "evaluate"}
         if unknown:
             raise PlanError(f"{where}: sampler entry has unknown key(s) {', '.join(sorted(unknown))}")
-        settings.extend(SamplerSetting(sampler, s, iterations, runs) for s in steps)
+        evaluate = entry.get("evaluate", True)
+        if not isinstance(evaluate, bool):
+            raise PlanError(f"{where}: sampler {sampler}: 'evaluate' must be true or false, got {evaluate!r}")
+        settings.extend(SamplerSetting(sampler, s, iterations, runs, evaluate) for s in steps)
     return settings
 
 

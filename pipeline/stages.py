@@ -168,6 +168,10 @@ def expand(plan):
                             distributed=True,
                         )
                     )
+                    if it == max(ds.iterations):
+                        entry["samples"].append((run.name, setting.steps, npz, f"sample/{cell}"))
+                    if not setting.evaluate:
+                        continue
                     metrics = os.path.join(sample_dir, "metrics.json")
                     eval_flags = {k: v for k, v in ds.evaluate.items() if k not in ("ref_flags", "metrics")}
                     extra = [f"--{m}" for m in ds.evaluate.get("metrics", [])]
@@ -186,8 +190,6 @@ def expand(plan):
                     )
                     evaluate_names.append(f"evaluate/{cell}")
                     entry["evaluations"].append(f"evaluate/{cell}")
-                    if it == max(ds.iterations):
-                        entry["samples"].append((run.name, setting.steps, npz, f"sample/{cell}"))
 
     tables_dir = plan.under_root("results", "tables")
     stages.append(

@@ -157,7 +157,7 @@ def test_initial_curve_matches_closed_form():
     timesteps = mse_step.analysis_timesteps(1000, stride=37)
     curves = mse_step.mse_step_curves(diffusion, [], images, timesteps, seed=3, progress=False)
     assert list(curves) == [mse_step.INITIAL_CURVE]
-    measured = curves[mse_step.INITIAL_CURVE].mean(axis=1)
+    measured = curves[mse_step.INITIAL_CURVE]["eps"].mean(axis=1)
 
     levels = np.arange(256) / 127.5 - 1.0  # x0 is uniform on these pixel values
     x2, x4 = np.mean(levels**2), np.mean(levels**4)
@@ -168,6 +168,10 @@ def test_initial_curve_matches_closed_form():
     sampling_std = np.sqrt((fourth_moment - expected**2) / images.size)
     assert np.all(np.abs(measured - expected) < 5 * sampling_std)
     assert measured[0] > 0.3 and measured[-1] < 1e-4  # the imbalance the paper points at
+    # Eq. 6: the image error is the noise error divided by SNR(t), image by image (x_t is float32).
+    snr = a / (1 - a)
+    np.testing.assert_allclose(curves[mse_step.INITIAL_CURVE]["x0"], curves[mse_step.INITIAL_CURVE]["eps"] / snr[:, None],
+                               rtol=1e-4)
 
 
 @pytest.mark.parametrize("target", ["eps", "x0", "v"])
@@ -198,6 +202,10 @@ def test_model_curve_is_the_epsilon_error_of_each_parameterisation(tmp_path, rea
         expected = ((eps_hat - noise.double()) ** 2).mean().item()
         measured = next(float(r["mse"]) for r in rows if r["curve"] == "m" and int(r["t"]) == step)
         assert measured == pytest.approx(expected, rel=1e-4)
+        x0_hat = (x_t.double() - math.sqrt(1 - a) * eps_hat) / math.sqrt(a)
+        measured_x0 = next(float(r["x0_mse"]) for r in rows if r["curve"] == "m" and int(r["t"]) == step)
+        assert measured_x0 == pytest.approx(((x0_hat - x0.double()) ** 2).mean().item(), rel=1e-3)
+        assert measured_x0 == pytest.approx(measured * (1 - a) / a, rel=1e-3)
         initial = next(float(r["mse"]) for r in rows if r["curve"] == "Initial" and int(r["t"]) == step)
         assert initial == pytest.approx(((x_t.double() - noise) ** 2).mean().item(), rel=1e-6)
 
@@ -214,7 +222,7 @@ def test_mse_step_script_with_config(tmp_path, checkpoints, real_images):
     assert result.returncode == 0, result.stderr
     assert_png(tmp_path / "fig4.png")
     rows = read_csv(tmp_path / "fig4.csv")
-    assert list(rows[0]) == ["t", "curve", "mse", "sem", "num_images"]
+    assert list(rows[0]) == ["t", "curve", "mse", "sem", "x0_mse", "x0_sem", "num_images"]
     for curve in ("Initial", "constant", "debias"):
         assert [int(r["t"]) for r in rows if r["curve"] == curve] == [0, 250, 500, 750, 999]
     assert all(int(r["num_images"]) == 4 and float(r["mse"]) > 0 for r in rows)
@@ -432,6 +440,9 @@ def test_color_shift_known_numbers(tmp_path):
     np.testing.assert_allclose(channels(shifted_row, "std_ratio"), [1.0, 1.0, 1.0], atol=1e-9)
     assert float(shifted_row["mean_shift_l2"]) == pytest.approx(10.0)
     assert float(shifted_row["spatial_mean_fd"]) == pytest.approx(100.0, abs=1e-6)  # same covariance: |d|^2
+    # Per-image means are BASE +- SPREAD, four each way: sample std SPREAD * sqrt(8 / 7), averaged over r, g, b.
+    assert float(reference["mean_spread"]) == pytest.approx(SPREAD.mean() * np.sqrt(8 / 7))
+    assert float(rows["debias"]["mean_spread"]) == pytest.approx(2 * SPREAD.mean() * np.sqrt(8 / 7))
     spread_row = rows["debias"]
     assert spread_row["steps"] == ""
     np.testing.assert_allclose(channels(spread_row, "mean_diff"), 0.0, atol=1e-9)
