@@ -120,6 +120,14 @@ def write_fid_curves(result, prefix):
     by_iterations.set_title(f"(a) FID vs training iterations, {result['at_steps']} sampling steps", fontsize=10)
     by_steps.set_xlabel("sampling steps")
     by_steps.set_xscale("log")
+    steps = sorted({r["steps"] for p, _, r in result["points"] if p == "steps"})
+    if steps:
+        # Ticks at the step counts that were sampled, not at powers of ten that may fall between them.
+        by_steps.set_xticks(steps, [str(s) for s in steps])
+        by_steps.minorticks_off()
+    iterations = sorted({r["iterations"] for p, _, r in result["points"] if p == "iterations"})
+    if 0 < len(iterations) <= 12:
+        by_iterations.set_xticks(iterations, [f"{i // 1000}K" if i >= 10000 else str(i) for i in iterations])
     final = "latest checkpoint" if result["at_iterations"] is None else f"{result['at_iterations']} iterations"
     by_steps.set_title(f"(b) FID vs sampling steps, {final}", fontsize=10)
     for axes in (by_iterations, by_steps):

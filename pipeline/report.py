@@ -1,7 +1,8 @@
-"""A Markdown report of a finished plan: the mini table, the readings that carry signal, the figures.
+"""A Markdown report of a finished plan: what was run, the readings with their directions, the figures.
 
 It reads only what the stages wrote (the results registry, the figures' CSVs,
-the training logs), so it can be regenerated at any time.
+the stage logs), so it can be regenerated at any time; `readings` turns those
+files into the numbers and sentences.
 """
 
 import csv
@@ -10,16 +11,12 @@ import json
 import os
 import shutil
 
-from evaluations.registry import latest, read_results
+from evaluations.registry import read_results
 from guided_diffusion.atomic import atomic_write_text
-from .plan import Run, load_plan, resolve_config_path
+
+from . import readings
+from .plan import load_plan, resolve_config_path
 from .runner import FINISHED_PREFIX
-
-# Above this FID, samples of these datasets are noise-dominated blobs, not images.
-NOT_YET_IMAGES_FID = 200
-
-# Timesteps at which the paper's Fig. 4 reads the difference between weightings.
-LARGE_T, SMALL_T = 600, 200
 
 
 def _read_csv(path):
@@ -33,72 +30,55 @@ def _fmt(value, digits=1):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def fid_table(results, dataset, runs):
-    """Rows (sampler, steps) x columns runs -> FID, the newest result of each cell."""
-    cells = {}
-    for (_, weighting, pred, _, sampler, steps), row in latest(
-        [r for r in results if r.get("dataset") == dataset], fields=("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps")
-    ).items():
-        cells[(sampler, steps, Run(weighting, pred).name)] = row
-    settings = sorted({(s, t) for s, t, _ in cells}, key=lambda st: (str(st[0]), -(st[1] or 0)))
-    lines = ["| sampler | steps | " + " | ".join(runs) + " |", "|---|---:|" + "---:|" * len(runs)]
+def _with_std(value, std, digits):
+    return _fmt(value, digits) + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+def fid_table(cells, runs):
+    """Rows (sampler, steps) x columns runs: FID ± bootstrap std, then KID ± subset std, best FID in bold."""
+    settings = sorted({(sampler, steps) for _, sampler, steps in cells}, key=lambda st: (str(st[0]), -(st[1] or 0)))
+    lines = ["| sampler | steps | metric | " + " | ".join(runs) + " |", "|---|---:|---|" + "---:|" * len(runs)]
     for sampler, steps in settings:
-        values = [cells.get((sampler, steps, run), {}).get("fid") for run in runs]
-        best = min((v for v in values if v is not None), default=None)
-        shown = [f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v) for v in values]
-        lines.append(f"| {sampler} | {steps} | " + " | ".join(shown) + " |")
-    any_row = next(iter(cells.values()), {})
-    fids = [row["fid"] for row in cells.values()]
-    if fids and min(fids) > NOT_YET_IMAGES_FID:
-        lines += [
-            "",
-            f"Every FID is above {NOT_YET_IMAGES_FID}: the samples are not yet images (see the few-step grid), "
-            "so these numbers rank how far training has got rather than the weightings; the per-timestep "
-            "readings below carry the signal at this length.",
+        row = [cells.get((run, sampler, steps)) for run in runs]
+        fids = [r["fid"] for r in row if r is not None]
+        best = min(fids, default=None)
+        shown = [
+            "—" if r is None else (lambda text: f"**{text}**" if r["fid"] == best else text)(_with_std(r["fid"], r.get("fid_std"), 1))
+            for r in row
         ]
-    return "\n".join(lines), any_row.get("num_samples")
+        lines.append(f"| {sampler} | {steps} | FID | " + " | ".join(shown) + " |")
+        if any(r is not None and r.get("kid") is not None for r in row):
+            kids = ["—" if r is None or r.get("kid") is None else _with_std(1000 * r["kid"], 1000 * r["kid_std"], 2) for r in row]
+            lines.append(f"| {sampler} | {steps} | KID x 1000 | " + " | ".join(kids) + " |")
+    return "\n".join(lines)
 
 
-def mse_readings(rows, runs):
-    """Mean epsilon MSE over t >= LARGE_T and t < SMALL_T per curve, from the mse_step CSV."""
-    sums = {}
-    for row in rows:
-        t, curve, mse = int(row["t"]), row["curve"], float(row["mse"])
-        band = "large" if t >= LARGE_T else "small" if t < SMALL_T else None
-        if band:
-            total, count = sums.get((curve, band), (0.0, 0))
-            sums[(curve, band)] = (total + mse, count + 1)
-    means = {key: total / count for key, (total, count) in sums.items()}
-    lines = [
-        f"| curve | mean eps-MSE, t >= {LARGE_T} | vs constant | mean eps-MSE, t < {SMALL_T} | vs constant |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    base_large, base_small = means.get(("constant", "large")), means.get(("constant", "small"))
-
-    def relative(value, base):
-        return "—" if value is None or not base else f"{100 * (value / base - 1):+.1f}%"
-
-    for curve in ["Initial"] + list(runs):
-        large, small = means.get((curve, "large")), means.get((curve, "small"))
-        if large is None and small is None:
-            continue
-        if curve == "Initial":
-            lines.append(f"| {curve} | {_fmt(large, 4)} | — | {_fmt(small, 4)} | — |")
-        else:
-            lines.append(
-                f"| {curve} | {_fmt(large, 4)} | {relative(large, base_large)} | {_fmt(small, 4)} | "
-                f"{relative(small, base_small)} |"
-            )
-    return "\n".join(lines), means
+def band_table(means, runs, column_label, digits=4):
+    """Rows curves (Initial first) x bands of t, each with its change against constant weighting."""
+    header = "| curve | " + " | ".join(f"{column_label}, {band} | vs constant" for band, _, _ in readings.BANDS) + " |"
+    lines = [header, "|---|" + "---:|---:|" * len(readings.BANDS)]
+    for curve in [readings.INITIAL] + list(runs):
+        cells = []
+        for band, _, _ in readings.BANDS:
+            value = means.get((curve, band))
+            change = None if curve == readings.INITIAL else readings.relative_change(value, means.get((readings.BASELINE, band)))
+            cells += [_fmt(value, digits), "—" if change is None else f"{change:+.1f}%"]
+        if any(c != "—" for c in cells):
+            lines.append(f"| {curve} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def color_readings(rows):
-    lines = ["| samples | T | mean shift (L2, 0-255) | spread of image means (FD) |", "|---|---:|---:|---:|"]
-    for row in rows:
-        lines.append(
-            f"| {row['checkpoint']} | {row['steps'] or '—'} | {float(row['mean_shift_l2']):.1f} | "
-            f"{float(row['spatial_mean_fd']):.1f} |"
-        )
+def colour_table(colour, runs):
+    """Rows T x runs: spread of per-image mean colour, its Frechet distance to the data's, pixel std."""
+    reference = next((c for c in colour if c.run == "reference"), None)
+    steps = sorted({c.steps for c in colour if c.steps is not None})
+    by = {(c.run, c.steps): c for c in colour}
+    lines = ["| T | reading | " + " | ".join(runs) + " | training images |", "|---:|---|" + "---:|" * (len(runs) + 1)]
+    for s in steps:
+        for label, key, ref in (("spread of image means", "spread", reference.spread if reference else None),
+                                ("FD of image means", "fd", 0.0), ("pixel std", "pixel_std", reference.pixel_std if reference else None)):
+            values = [getattr(by[(r, s)], key) if (r, s) in by else None for r in runs]
+            lines.append(f"| {s} | {label} | " + " | ".join(_fmt(v) for v in values) + f" | {_fmt(ref)} |")
     return "\n".join(lines)
 
 
@@ -138,29 +118,13 @@ def setup_table(plan, paper_config="configs/ffhq.toml"):
         ("data", f"`{ds.name}`, {count or '?'} images", "FFHQ 70K, CelebA-HQ 30K, AFHQ-dog, MetFaces 1.3K, ..."),
         ("UNet parameters", f"{model_parameters(ds.config) / 1e6:.2f}M", f"{model_parameters(paper_config) / 1e6:.1f}M (ADM, 256x256)"),
         ("training", f"{steps:,} iterations x batch {batch} = {steps * batch:,} images", "500K iterations x batch 8 = 4M images"),
-        ("EMA", str(_train_value(ds, "ema_rate")), "0.9999"),
+        ("EMA", str(_train_value(ds, "ema_rate")) + (" with warm-up" if _train_value(ds, "ema_warmup") else ""), "0.9999"),
         ("sampling", samplers, "DDPM T = 1000 ... 20"),
-        ("FID", f"{ds.sample.get('num_samples')} samples vs {ref_images} training images", "50K samples vs the full training set"),
+        ("FID", f"{ds.sample.get('num_samples')} samples vs {ref_images} training images, at "
+         + ", ".join(f"{s.sampler.upper()} T={s.steps}" for s in ds.samplers if s.evaluate), "50K samples vs the full training set"),
     ]
     lines = ["| | this run | the paper |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
-
-
-def headline(means, runs):
-    """One paragraph from the MSE-step readings, the result that carries signal at any scale."""
-    base_large, base_small = means.get(("constant", "large")), means.get(("constant", "small"))
-    if not base_large or "debias" not in runs or ("debias", "large") not in means:
-        return ""
-    change = {run: 100 * (means[(run, "large")] / base_large - 1) for run in runs if (run, "large") in means}
-    small = 100 * (means[("debias", "small")] / base_small - 1)
-    others = ", ".join(f"{run} {change[run]:+.1f}%" for run in runs if run not in ("constant", "debias") and run in change)
-    return (
-        f"**Headline.** At the noisy steps (t >= {LARGE_T}), where an epsilon error is amplified by "
-        f"`1/sqrt(SNR(t))` into the x0 estimate, the paper's weighting changes the epsilon MSE by "
-        f"{change['debias']:+.1f}% against constant weighting ({others}); at the clean steps (t < {SMALL_T}) it "
-        f"changes it by {small:+.1f}%. This is the trade the paper describes (Sec. 4.3, Fig. 4 and 10): "
-        "weight moves from the easy, clean steps to the noisy ones that decide the image's layout and colours."
-    )
 
 
 def stage_times(root):
@@ -180,73 +144,99 @@ def stage_times(root):
 def write_report(plan_path, root, out_dir):
     plan = load_plan(plan_path, root=root)
     os.makedirs(out_dir, exist_ok=True)
-    results = read_results(plan.under_root("results", "results.jsonl"), missing_ok=True)
-    parts = [f"# Report: plan `{plan.name}`", "", f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M} from `{plan_path}`.", ""]
-    parts += [plan.report.get("intro", "").strip(), "", "## Setting", "", setup_table(plan), ""]
-
-    for ds in plan.datasets:
-        runs = [run.name for run in ds.runs]
-        table, num = fid_table(results, ds.name, runs)
-        parts += [f"## FID on `{ds.name}` ({num or '?'} samples per cell; lower is better, best in bold)", "", table, ""]
-
+    ds = plan.datasets[0]
+    runs = [run.name for run in ds.runs]
+    records = read_results(plan.under_root("results", "results.jsonl"), missing_ok=True)
+    fid = readings.fid_cells(records, ds.name)
     mse_rows = _read_csv(plan.under_root("figures", "mse_step.csv"))
-    if mse_rows:
-        runs = [run.name for run in plan.datasets[0].runs]
-        table, means = mse_readings(mse_rows, runs)
-        setting = parts.index("## Setting")
-        parts[setting:setting] = [headline(means, runs), ""]
-        parts += [
-            "## Per-timestep noise error (Fig. 4, Fig. 10)",
-            "",
-            "The paper's mechanism in one table: the epsilon MSE of each model averaged over the noisy "
-            f"steps (t >= {LARGE_T}, where `1/sqrt(SNR)` amplifies it into the x0 estimate) and over the "
-            f"clean steps (t < {SMALL_T}). 'Initial' is the MSE between the network's input x_t and the noise.",
-            "",
-            table,
-            "",
-        ]
-    color_rows = _read_csv(plan.under_root("figures", "color_shift.csv"))
-    if color_rows:
-        parts += [
-            "## Colour shift",
-            "",
-            "Per-channel statistics of the samples against the training images: the L2 distance of the "
-            "mean RGB vector, and a Frechet distance between the distributions of per-image mean colours.",
-            "",
-            color_readings(color_rows),
-            "",
-        ]
+    mse_means = readings.band_means(mse_rows, "mse") if mse_rows else {}
+    x0_means = readings.band_means(mse_rows, "x0_mse") if mse_rows and "x0_mse" in mse_rows[0] else {}
+    colour = readings.colour_rows(_read_csv(plan.under_root("figures", "color_shift.csv")))
+    reference = next((c for c in colour if c.run == "reference"), None)
+    colour = [c for c in colour if c.run != "reference"]
 
-    figure_dir = os.path.join(out_dir, "figures")
-    os.makedirs(figure_dir, exist_ok=True)
-    shown = []
-    for name in plan.figures:
-        png = plan.under_root("figures", name + ".png")
-        if os.path.exists(png):
-            shutil.copyfile(png, os.path.join(figure_dir, name + ".png"))
-            shown.append(name)
-    if shown:
-        parts += ["## Figures", ""]
-        for name in shown:
-            caption = plan.figures[name].get("caption", name.replace("_", " "))
-            parts += [f"### {caption}", "", f"![{name}](figures/{name}.png)", ""]
-
-    times = stage_times(plan.root)
-    if times:
-        total = sum(times.values())
-        by_kind = {}
-        for stage, seconds in times.items():
-            kind = stage.split("/")[0]
-            by_kind[kind] = by_kind.get(kind, 0.0) + seconds
+    parts = [f"# Report: plan `{plan.name}`", "", f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M} from `{plan_path}`.", ""]
+    parts += [plan.report.get("intro", "").strip(), ""]
+    lines = readings.headline(runs, colour, mse_means, x0_means, fid, reference.spread if reference else 0.0)
+    if lines:
+        parts += ["## What the numbers show", ""] + [f"- {line}" for line in lines] + [""]
+    parts += ["## Setting", "", setup_table(plan), ""]
+    if colour:
         parts += [
-            "## Time",
+            "## Colour shift (Fig. 1, 6)",
             "",
-            f"Stage time summed over stages: {total / 60:.1f} min ("
-            + ", ".join(f"{kind} {seconds / 60:.1f} min" for kind, seconds in by_kind.items())
-            + ").",
+            "Per sample set, in [0, 255] units: the spread (standard deviation over images, averaged over r, g, b) "
+            "of the per-image mean colours, the Frechet distance between Gaussians fitted to the samples' and the "
+            "training images' per-image mean colours (0 is no shift), and the pixel standard deviation.",
+            "",
+            colour_table(colour + ([reference] if reference else []), runs),
             "",
         ]
+    if x0_means:
+        parts += [
+            "## Image error of the one-step estimate (Eq. 6)",
+            "",
+            "Mean over each band of t of the MSE between x0 and the model's unclipped one-step estimate x0_hat, "
+            "which equals the noise MSE divided by SNR(t): the error that constant weighting leaves unweighted at "
+            "large t. 'Initial' takes x_t itself as the noise estimate.",
+            "",
+            band_table(x0_means, runs, "x0 MSE"),
+            "",
+        ]
+    if mse_means:
+        parts += [
+            "## Noise error per band of t (Fig. 4, Fig. 10)",
+            "",
+            "Mean over each band of t of the MSE between the model's noise estimate and the true noise; 'Initial' "
+            "is the MSE between the network's input x_t and the noise.",
+            "",
+            band_table(mse_means, runs, "eps MSE"),
+            "",
+        ]
+    if fid:
+        parts += [
+            f"## FID and KID on `{ds.name}`",
+            "",
+            "FID ± the standard deviation over bootstrap resamples of the samples; KID x 1000 ± its spread over "
+            "random halves. Small sample sets bias FID upwards by the same amount for every column, so compare "
+            "columns, not the paper's values.",
+            "",
+            fid_table(fid, runs),
+            "",
+        ]
+    parts += _figures(plan, out_dir)
+    parts += _time_section(plan.root)
     parts += [plan.report.get("outro", "").strip(), ""]
     path = os.path.join(out_dir, "README.md")
     atomic_write_text(path, "\n".join(parts).replace("\n\n\n", "\n\n"))
     return path
+
+
+def _figures(plan, out_dir):
+    figure_dir = os.path.join(out_dir, "figures")
+    os.makedirs(figure_dir, exist_ok=True)
+    parts = []
+    for name, spec in plan.figures.items():
+        png = plan.under_root("figures", name + ".png")
+        if os.path.exists(png):
+            shutil.copyfile(png, os.path.join(figure_dir, name + ".png"))
+            parts += [f"### {spec.get('caption', name.replace('_', ' '))}", "", f"![{name}](figures/{name}.png)", ""]
+    return (["## Figures", ""] + parts) if parts else []
+
+
+def _time_section(root):
+    times = stage_times(root)
+    if not times:
+        return []
+    by_kind = {}
+    for stage, seconds in times.items():
+        kind = stage.split("/")[0]
+        by_kind[kind] = by_kind.get(kind, 0.0) + seconds
+    return [
+        "## Time",
+        "",
+        f"Stage time summed over stages: {sum(times.values()) / 60:.1f} min ("
+        + ", ".join(f"{kind} {seconds / 60:.1f} min" for kind, seconds in by_kind.items())
+        + ").",
+        "",
+    ]

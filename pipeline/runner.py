@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -63,6 +64,7 @@ def _run_one(stage, plan, echo, env_threads):
             if not chunk:
                 break
             f.write(chunk)
+            f.flush()  # the heartbeat reads the log while the stage runs
             if echo:
                 sys.stderr.buffer.write(chunk)
                 sys.stderr.flush()
@@ -72,8 +74,30 @@ def _run_one(stage, plan, echo, env_threads):
     return Outcome(stage.name, "ran" if returncode == 0 else "failed", seconds, log, returncode)
 
 
-def run(stages, plan, jobs=1, echo=None, stream=sys.stdout):
-    """Run every unfinished stage in dependency order with up to `jobs` at once; returns the outcomes."""
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_PROGRESS_CHARS = 160
+
+
+def last_progress(log):
+    """The last line a stage wrote to its log (a progress bar's latest state included), shortened."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.path.getsize(log) - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    pieces = [p.strip() for p in re.split(r"[\r\n]", _ANSI_ESCAPE.sub("", tail)) if p.strip()]
+    text = pieces[-1] if pieces else ""
+    return text if len(text) <= _PROGRESS_CHARS else text[: _PROGRESS_CHARS - 3] + "..."
+
+
+def run(stages, plan, jobs=1, echo=None, stream=sys.stdout, heartbeat=30.0):
+    """Run every unfinished stage in dependency order with up to `jobs` at once; returns the outcomes.
+
+    With several stages at once their output goes to their logs only, so every
+    `heartbeat` seconds the terminal gets one line per running stage: its name,
+    time so far, log file and the last line it wrote (its progress bar).
+    """
     by_name = {s.name: s for s in stages}
     echo = (jobs == 1) if echo is None else echo
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
@@ -81,10 +105,19 @@ def run(stages, plan, jobs=1, echo=None, stream=sys.stdout):
     running = {}
     lock = threading.Lock()
     start_all = time.time()
+    last_beat = [start_all]
 
     def say(text):
         with lock:
             print(f"[{time.time() - start_all:7.1f}s] {text}", file=stream, flush=True)
+
+    def beat():
+        with lock:
+            now_running = dict(running)
+        for name, (_, started) in now_running.items():
+            progress = last_progress(_log_path(plan, by_name[name]))
+            say(f"  running {name} ({time.time() - started:.0f}s): {progress or 'starting'}")
+        last_beat[0] = time.time()
 
     def worker(stage):
         outcome = _run_one(stage, plan, echo, threads)
@@ -107,6 +140,8 @@ def run(stages, plan, jobs=1, echo=None, stream=sys.stdout):
         return None
 
     while remaining or running:
+        if not echo and running and time.time() - last_beat[0] >= heartbeat:
+            beat()
         stage = next_ready() if len(running) < jobs else None
         if stage is None:
             time.sleep(0.2)
@@ -119,10 +154,10 @@ def run(stages, plan, jobs=1, echo=None, stream=sys.stdout):
         elif stage.is_done(by_name):
             outcomes[stage.name] = Outcome(stage.name, "done")
         else:
-            say(f"started {stage.name}")
+            say(f"started {stage.name}" + ("" if echo else f" (log: {_log_path(plan, stage)})"))
             thread = threading.Thread(target=worker, args=(stage,), daemon=True)
             with lock:
-                running[stage.name] = thread
+                running[stage.name] = (thread, time.time())
             thread.start()
     return [outcomes[s.name] for s in stages]
 

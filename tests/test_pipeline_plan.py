@@ -8,7 +8,8 @@ import re
 import pytest
 
 from guided_diffusion import sampling
-from pipeline import PlanError, expand, load_plan, reproduce
+from pipeline import PlanError, Stage, expand, load_plan, reproduce
+from pipeline.plan import Plan
 from scripts import image_sample, image_train
 from pipeline import launch, runner
 
@@ -144,3 +145,19 @@ def test_bad_plans_say_what_is_wrong(tmp_path, body, message):
     path.write_text(body)
     with pytest.raises(PlanError, match=message):
         load_plan(str(path))
+
+
+def test_parallel_stages_report_their_logs_and_progress_on_a_heartbeat(tmp_path):
+    """With --jobs 2 the stages' output goes to their logs; the terminal still names them and their progress."""
+    plan = Plan(str(tmp_path / "p.toml"), "p", str(tmp_path), "local", 1, {}, [], {}, {})
+    script = "import sys, time\nfor i in range(4):\n    sys.stderr.write(f'\\rstep {i + 1}/4'); sys.stderr.flush(); time.sleep(0.4)\n"
+    stages = [Stage(f"work/{n}", "figure", ["-c", script], [str(tmp_path / n)]) for n in ("a", "b")]
+    out = io.StringIO()
+    outcomes = runner.run(stages, plan, jobs=2, stream=out, heartbeat=0.5)
+    text = out.getvalue()
+    assert [o.status for o in outcomes] == ["ran", "ran"]
+    for name in ("a", "b"):
+        log = os.path.join(str(tmp_path), "logs", f"work__{name}.log")
+        assert f"started work/{name} (log: {log})" in text
+        assert re.search(rf"running work/{name} \(\d+s\): step [1-4]/4", text), text
+    assert runner.last_progress(os.path.join(str(tmp_path), "logs", "work__a.log")).startswith("# finished in")

@@ -1,0 +1,158 @@
+"""The numbers a report states, read from what the stages wrote, and the sentences that state them.
+
+Every sentence is built from a number computed here and says which way it goes,
+for every weighting against constant weighting, so that a report never claims
+more than its tables show. Inputs are the results registry (FID, KID and their
+uncertainties), the MSE-step CSV (noise and image error per t) and the colour
+CSV (per-image mean colours of the samples at each T).
+"""
+
+import dataclasses
+
+import numpy as np
+
+from evaluations.registry import latest
+
+BASELINE = "constant"
+INITIAL = "Initial"
+
+# Bands of t at which the paper's Fig. 4 reads the difference between weightings.
+BANDS = (("t < 200", 0, 200), ("200 <= t < 600", 200, 600), ("t >= 600", 600, None))
+NOISY_BAND = "t >= 600"
+CLEAN_BAND = "t < 200"
+
+# A difference counts as resolved when it exceeds this many standard deviations of the difference.
+RESOLVED_SIGMAS = 2.0
+
+
+def _in_band(t, low, high):
+    return t >= low and (high is None or t < high)
+
+
+def band_means(rows, column):
+    """{(curve, band): mean of `column` over the t of the band} from the MSE-step CSV rows."""
+    sums = {}
+    for row in rows:
+        t = int(row["t"])
+        for band, low, high in BANDS:
+            if _in_band(t, low, high):
+                total, count = sums.get((row["curve"], band), (0.0, 0))
+                sums[(row["curve"], band)] = (total + float(row[column]), count + 1)
+    return {key: total / count for key, (total, count) in sums.items()}
+
+
+def relative_change(value, base):
+    return None if value is None or base in (None, 0) else 100.0 * (value / base - 1.0)
+
+
+def describe_change(percent):
+    """'12% lower' / '3% higher' / 'equal'."""
+    if percent is None:
+        return "not measured"
+    if abs(percent) < 0.5:
+        return "equal"
+    return f"{abs(percent):.0f}% {'lower' if percent < 0 else 'higher'}"
+
+
+@dataclasses.dataclass
+class ColourRow:
+    run: str
+    steps: int | None
+    spread: float
+    fd: float
+    pixel_std: float
+
+
+def colour_rows(rows):
+    """The colour CSV as ColourRows; the training images are the row whose run is 'reference'."""
+    out = []
+    for row in rows:
+        std = np.mean([float(row[f"std_{c}"]) for c in "rgb"])
+        steps = int(row["steps"]) if row.get("steps") not in (None, "") else None
+        out.append(ColourRow(row["checkpoint"], steps, float(row["mean_spread"]), float(row["spatial_mean_fd"]), std))
+    return out
+
+
+def fid_cells(records, dataset):
+    """{(run name, sampler, steps): newest record with an FID} for the dataset."""
+    from .plan import Run
+
+    cells = {}
+    for (_, weighting, pred, _, sampler, steps, _), record in latest(
+        [r for r in records if r.get("dataset") == dataset]
+    ).items():
+        cells[(Run(weighting, pred).name, sampler, steps)] = record
+    return cells
+
+
+def _resolved(value, base, std, base_std):
+    if None in (value, base, std, base_std):
+        return None
+    return abs(value - base) > RESOLVED_SIGMAS * float(np.hypot(std, base_std))
+
+
+def headline(runs, colour, mse_means, x0_means, fid, data_spread):
+    """Bullet sentences, one per reading, each stating its direction for every weighting against constant."""
+    others = [r for r in runs if r != BASELINE]
+    lines = []
+    if colour:
+        steps = sorted({c.steps for c in colour if c.steps is not None})
+        by = {(c.run, c.steps): c for c in colour}
+        fd = {r: np.mean([by[(r, s)].fd for s in steps if (r, s) in by]) for r in runs if any((r, s) in by for s in steps)}
+        spread = {r: [by[(r, s)].spread for s in steps if (r, s) in by] for r in runs}
+        if BASELINE in fd:
+            parts = [f"{r} {describe_change(relative_change(fd[r], fd[BASELINE]))} ({fd[r]:.1f})" for r in others if r in fd]
+            lines.append(
+                f"**Colour shift.** Averaged over T = {', '.join(map(str, steps))}, the Frechet distance between the "
+                f"per-image mean colours of the samples and of the training images is {fd[BASELINE]:.1f} for constant "
+                f"weighting; against it: {'; '.join(parts)}. The spread of per-image mean colour is "
+                f"{min(spread[BASELINE]):.0f}-{max(spread[BASELINE]):.0f} for constant and "
+                + "; ".join(f"{min(spread[r]):.0f}-{max(spread[r]):.0f} for {r}" for r in others if spread.get(r))
+                + f", against {data_spread:.0f} for the training images."
+            )
+    if mse_means and x0_means:
+        base_noisy = x0_means.get((BASELINE, NOISY_BAND))
+        initial = mse_means.get((INITIAL, NOISY_BAND))
+        parts = [
+            f"{r} {describe_change(relative_change(x0_means.get((r, NOISY_BAND)), base_noisy))}" for r in others
+        ]
+        lines.append(
+            f"**Image error at noisy steps (Eq. 6).** Over {NOISY_BAND} the MSE of the one-step estimate of x0 is "
+            f"{base_noisy:.4f} for constant weighting; against it: {'; '.join(parts)}."
+        )
+        clean = [f"{r} {describe_change(relative_change(mse_means.get((r, CLEAN_BAND)), mse_means.get((BASELINE, CLEAN_BAND))))}"
+                 for r in others]
+        noisy = [f"{r} {describe_change(relative_change(mse_means.get((r, NOISY_BAND)), mse_means.get((BASELINE, NOISY_BAND))))}"
+                 for r in others]
+        ratio = [f"{r} {mse_means[(r, NOISY_BAND)] / initial:.2f}x" for r in runs if (r, NOISY_BAND) in mse_means]
+        lines.append(
+            f"**The noise-error trade.** Against constant weighting, the noise MSE over {NOISY_BAND} is "
+            f"{'; '.join(noisy)}, and over {CLEAN_BAND} it is {'; '.join(clean)}. At {NOISY_BAND} every model's noise "
+            f"MSE relative to the 'Initial' input error ({initial:.4f}) is: {', '.join(ratio)}."
+        )
+    for (sampler, steps), cells in sorted(_by_setting(fid).items()):
+        base = cells.get(BASELINE)
+        if base is None:
+            continue
+        parts = []
+        for r in others:
+            cell = cells.get(r)
+            if cell is None:
+                continue
+            resolved = _resolved(cell["fid"], base["fid"], cell.get("fid_std"), base.get("fid_std"))
+            note = "" if resolved is None else (" (resolved)" if resolved else " (within the uncertainty)")
+            kid = "" if cell.get("kid") is None else f", KID {describe_change(relative_change(cell['kid'], base['kid']))}"
+            parts.append(f"{r} FID {describe_change(relative_change(cell['fid'], base['fid']))}{note}{kid}")
+        lines.append(
+            f"**FID and KID** ({sampler.upper()} T={steps}, {base['num_samples']} samples; lower is better). Against "
+            f"constant weighting: {'; '.join(parts)}. A difference is called resolved when it exceeds "
+            f"{RESOLVED_SIGMAS:g} bootstrap standard deviations of the difference."
+        )
+    return lines
+
+
+def _by_setting(fid):
+    settings = {}
+    for (run, sampler, steps), record in fid.items():
+        settings.setdefault((sampler, steps), {})[run] = record
+    return settings
