@@ -248,9 +248,13 @@ class TrainLoop:
 
     # -- the loop -----------------------------------------------------------------------
 
-    def _done(self):
+    def _last_step(self):
         limits = [m for m in (self.max_steps, self.lr_anneal_steps) if m > 0]
-        return bool(limits) and self.step >= min(limits)
+        return min(limits) if limits else None
+
+    def _done(self):
+        last = self._last_step()
+        return last is not None and self.step >= last
 
     def run_loop(self):
         while not self._done():
@@ -351,10 +355,20 @@ class TrainLoop:
         if self.mp_trainer.precision == "fp16":
             logger.logkv("lg_loss_scale", self.mp_trainer.lg_loss_scale)
         row = logger.dumpkvs()
+        logger.log(self._progress_line(row))
         self._interval_steps = 0
         self._interval_skipped = 0
         self._interval_start = time.time()
         return row
+
+    def _progress_line(self, row):
+        """One line after each table, so that a stage's log ends with how far it is (the pipeline shows it)."""
+        last = self._last_step()
+        rate = row.get("steps_per_sec") or 0.0
+        where = f"step {self.step}" if last is None else f"step {self.step}/{last} ({100 * self.step / last:.0f}%)"
+        eta = f", about {(last - self.step) / rate / 60:.1f} min left" if last is not None and rate > 0 else ""
+        loss = f", loss {row['loss']:.4g}" if "loss" in row else ""
+        return f"training {where}, {rate:.2f} steps/s{loss}{eta}"
 
     # -- checkpoints --------------------------------------------------------------------
 

@@ -385,6 +385,8 @@ def test_lr_anneals_linearly_and_stops_the_run(tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     np.testing.assert_allclose([float(r["lr"]) for r in rows], [1e-3 * (1 - s / 4) for s in range(4)])
     assert (tmp_path / "log" / "model000004.pt").exists()
+    log = (tmp_path / "log" / "log.txt").read_text()
+    assert "training step 2/4 (50%)" in log and "training step 4/4 (100%)" in log
 
 
 def test_a_non_finite_step_is_skipped_with_a_warning(tmp_path):
