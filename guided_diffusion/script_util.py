@@ -1,7 +1,10 @@
 """ADM's flag set and factories, plus TOML configs; shared by every script."""
 
 import argparse
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib
 
 import torch
 
