@@ -11,6 +11,7 @@ import torch
 from . import gaussian_diffusion as gd
 from . import weighting
 from .checkpoint import load_model_checkpoint
+from .flag_help import model_and_diffusion_help
 from .respace import SpacedDiffusion, space_timesteps
 from .targets import mean_type, target_from_flags
 from .unet import UNetModel
@@ -381,7 +382,12 @@ def _parse_with_config(parser, defaults, argv, sections):
 
 
 def create_argparser(defaults, description=None, help_texts=None):
-    """An ADM-style parser: one `--key value` flag per default, plus `--config`; `help_texts` are the --help lines."""
+    """An ADM-style parser: one `--key value` flag per default, plus `--config`.
+
+    `help_texts` are the --help lines; by default those of the model and diffusion flags.
+    """
+    if help_texts is None:
+        help_texts = model_and_diffusion_help()
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=None, help="TOML file of flag values; flags given here override it")
     add_dict_to_argparser(parser, defaults, help_texts)

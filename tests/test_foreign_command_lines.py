@@ -9,6 +9,7 @@ import re
 import shlex
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +21,11 @@ from guided_diffusion.gaussian_diffusion import get_named_beta_schedule
 from guided_diffusion.script_util import create_model_and_diffusion, named_on_command_line
 from guided_diffusion.timestep_metrics import TimestepBinErrors, bin_starts
 from guided_diffusion.targets import ModelMeanType
+from pipeline import expand, load_plan
 from scripts import image_sample, image_train
 from tests.tiny import TINY_8X8, save_random_checkpoint, tiny_flags
+
+REPO = Path(__file__).resolve().parents[1]
 
 # The training lines of P2's README (jychoi118/P2-weighting) and of the paper's (yuhuUSTC/Debias).
 P2_TRAIN = (
@@ -334,3 +338,19 @@ def test_every_flag_has_help_and_the_schedule_lists_its_choices(script, defaults
     assert "lossweighting,oneof:" + ",".join(weighting.weight_schedule_names()) in text
     if script is image_sample:
         assert all(f"{name}:" in text for name in samplers.sampler_names())
+
+
+def test_a_plan_passes_each_run_only_its_own_schedules_parameters(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        '[plan]\nname = "p"\n[train]\nmax_steps = 2\np2_gamma = 0.5\nmin_snr_gamma = 4.0\n'
+        '[sample]\nnum_samples = 2\nsamplers = [{ sampler = "ddim", steps = [3] }]\n'
+        f'[[datasets]]\nname = "embedded"\nconfig = "{REPO / "configs" / "demo.toml"}"\n'
+        'runs = ["constant", "p2", "min_snr", "debias"]\n'
+    )
+    stages = {s.name: s for s in expand(load_plan(str(plan), root=str(tmp_path / "w")))}
+    for run, own in [("constant", set()), ("p2", {"p2_gamma"}), ("min_snr", {"min_snr_gamma"}), ("debias", set())]:
+        flags, given = image_train.parse_command_line(stages[f"train/embedded/{run}"].argv[2:])
+        assert {p for p in weighting.parameter_owners() if p in given} == own
+        assert weighting.check_given_parameters(flags["weight_schedule"], given) is None
+    assert image_train.parse_flags(stages["train/embedded/p2"].argv[2:])["p2_gamma"] == 0.5
