@@ -18,7 +18,12 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from guided_diffusion import flag_help, logger, samplers, sampling, weighting
 from guided_diffusion.gaussian_diffusion import get_named_beta_schedule
-from guided_diffusion.script_util import create_model_and_diffusion, named_on_command_line
+from guided_diffusion.script_util import (
+    create_gaussian_diffusion,
+    create_model_and_diffusion,
+    diffusion_kwargs,
+    named_on_command_line,
+)
 from guided_diffusion.timestep_metrics import TimestepBinErrors, bin_starts
 from guided_diffusion.targets import ModelMeanType
 from pipeline import expand, load_plan
@@ -354,3 +359,17 @@ def test_a_plan_passes_each_run_only_its_own_schedules_parameters(tmp_path):
         assert {p for p in weighting.parameter_owners() if p in given} == own
         assert weighting.check_given_parameters(flags["weight_schedule"], given) is None
     assert image_train.parse_flags(stages["train/embedded/p2"].argv[2:])["p2_gamma"] == 0.5
+
+
+@pytest.mark.parametrize("target_flag,their_weight", [
+    ("--predict_xstart", lambda r: np.minimum(r, 5.0)),  # Min-SNR's min_snr_5 on the x0 error
+    ("--predict_v", lambda r: np.minimum(r, 5.0) / (r + 1.0)),  # its vmin_snr_5 on the v error
+])
+def test_min_snr_x0_and_v_lines_are_min_snr_in_eps_space(target_flag, their_weight):
+    flags = image_train.parse_flags(
+        [target_flag, "True", "--weight_schedule", "min_snr", "--min_snr_gamma", "5", "--weight_space", "eps",
+         "--diffusion_steps", "1000", "--noise_schedule", "cosine"]
+    )
+    diffusion = create_gaussian_diffusion(**diffusion_kwargs(flags))
+    a = diffusion.alphas_cumprod
+    np.testing.assert_allclose(diffusion.mse_weights, their_weight(a / (1 - a)), rtol=1e-10)
