@@ -25,7 +25,7 @@ from guided_diffusion.gaussian_diffusion import (
     ModelVarType,
     get_named_beta_schedule,
 )
-from tests.gaussian_oracle import ExactGaussianModel, GaussianData
+from tests.gaussian_oracle import ExactGaussianModel, GaussianData, GivenStart
 from guided_diffusion.noise import IndexedNoise
 from guided_diffusion.noise_schedule import DiscreteNoiseSchedule, sampling_times
 from guided_diffusion.respace import SpacedDiffusion
@@ -388,14 +388,6 @@ class RecordingGaussianModel(ExactGaussianModel):
         eps = super().forward(x, timesteps, y)
         self.calls.append((x.clone(), float(timesteps[0]), eps.clone()))
         return eps
-
-
-class GivenStart:
-    def __init__(self, x_T):
-        self.x_T = x_T
-
-    def randn_like(self, like):
-        return self.x_T
 
 
 def run_registered(name, steps, model, diffusion, x_T):

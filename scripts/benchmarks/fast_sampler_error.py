@@ -20,12 +20,12 @@ import torch
 from guided_diffusion import samplers
 from guided_diffusion.dpm_solver import sample_dpm_solver_pp
 from guided_diffusion.fast_samplers import data_prediction, eps_model, solve
-from guided_diffusion.gaussian_diffusion import ModelMeanType, get_named_beta_schedule
+from guided_diffusion.gaussian_diffusion import ModelMeanType
 from guided_diffusion.noise_schedule import SKIP_TYPES, DiscreteNoiseSchedule
 from guided_diffusion.sampling import sampling_defaults
 from guided_diffusion.script_util import create_gaussian_diffusion
 from guided_diffusion.unipc import VARIANTS, sample_unipc
-from tests.gaussian_oracle import ExactGaussianModel, GaussianData
+from tests.gaussian_oracle import ExactGaussianModel, GaussianData, GivenStart
 
 SOLVERS = [  # (label, solver, order, solver options)
     ("DDIM (DPM-Solver++ 1)", sample_dpm_solver_pp, 1, {}),
@@ -40,40 +40,8 @@ def gaussian_data(seed):
     return GaussianData(np.array([0.3, -0.5, 0.1, 0.6]), (covariance + covariance.T) / 2)
 
 
-def error_table(noise_schedule_name, skip_type, steps_list, num_samples, seed):
-    alphas_cumprod = np.cumprod(1.0 - get_named_beta_schedule(noise_schedule_name, 1000))
-    schedule = DiscreteNoiseSchedule(alphas_cumprod)
-    data = gaussian_data(seed)
-    model = ExactGaussianModel(data, alphas_cumprod)
-    data_fn = data_prediction(eps_model(model, ModelMeanType.EPSILON, schedule), schedule)
-    x_T = torch.randn(num_samples, 1, 2, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    exact = data.ode_map(
-        x_T,
-        (schedule.alpha(schedule.t_max), schedule.sigma(schedule.t_max)),
-        (schedule.alpha(schedule.t_min), schedule.sigma(schedule.t_min)),
-    )
-    rows = []
-    for label, solver, order, options in SOLVERS:
-        errors = []
-        for steps in steps_list:
-            x = solve(solver, data_fn, x_T, schedule, steps, order=order, skip_type=skip_type, **options)
-            errors.append((x - exact).flatten(1).norm(dim=1).mean().item())
-        rows.append((label, errors))
-    return rows
-
-
-class _GivenStart:
-    """A noise source that hands the sampler the start x_T of the table."""
-
-    def __init__(self, x_T):
-        self.x_T = x_T
-
-    def randn_like(self, like):
-        return self.x_T
-
-
-def registered_sampler_table(noise_schedule_name, steps_list, num_samples, seed):
-    """Rows for every registered sampler that runs on the unspaced process (the fast ones), at default flags."""
+def exact_problem(noise_schedule_name, num_samples, seed):
+    """(diffusion, its continuous-time schedule, the exact model, x_T, the exact ODE solution from x_T)."""
     diffusion = create_gaussian_diffusion(steps=1000, noise_schedule=noise_schedule_name)
     schedule = DiscreteNoiseSchedule(diffusion.alphas_cumprod)
     data = gaussian_data(seed)
@@ -84,6 +52,25 @@ def registered_sampler_table(noise_schedule_name, steps_list, num_samples, seed)
         (schedule.alpha(schedule.t_max), schedule.sigma(schedule.t_max)),
         (schedule.alpha(schedule.t_min), schedule.sigma(schedule.t_min)),
     )
+    return diffusion, schedule, model, x_T, exact
+
+
+def error_table(noise_schedule_name, skip_type, steps_list, num_samples, seed):
+    _, schedule, model, x_T, exact = exact_problem(noise_schedule_name, num_samples, seed)
+    data_fn = data_prediction(eps_model(model, ModelMeanType.EPSILON, schedule), schedule)
+    rows = []
+    for label, solver, order, options in SOLVERS:
+        errors = []
+        for steps in steps_list:
+            x = solve(solver, data_fn, x_T, schedule, steps, order=order, skip_type=skip_type, **options)
+            errors.append((x - exact).flatten(1).norm(dim=1).mean().item())
+        rows.append((label, errors))
+    return rows
+
+
+def registered_sampler_table(noise_schedule_name, steps_list, num_samples, seed):
+    """Rows for every registered sampler that runs on the unspaced process (the fast ones), at default flags."""
+    diffusion, _, model, x_T, exact = exact_problem(noise_schedule_name, num_samples, seed)
     rows = []
     for name in samplers.sampler_names():
         sampler = samplers.get_sampler(name)
@@ -92,7 +79,7 @@ def registered_sampler_table(noise_schedule_name, steps_list, num_samples, seed)
         errors = []
         for steps in steps_list:
             flags = {**sampling_defaults(), "sampler": name, "timestep_respacing": "", "sampling_steps": steps}
-            x = sampler.run(model, diffusion, x_T.shape, model_kwargs={}, noise_source=_GivenStart(x_T),
+            x = sampler.run(model, diffusion, x_T.shape, model_kwargs={}, noise_source=GivenStart(x_T),
                             device=torch.device("cpu"), flags=flags)
             errors.append((x - exact).flatten(1).norm(dim=1).mean().item())
         rows.append((f"--sampler {name}", errors))
