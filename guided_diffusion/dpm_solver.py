@@ -1,4 +1,5 @@
-"""DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++"), data-prediction form, orders 1-3.
+"""DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++"), data-prediction form, orders 1-3;
+and the first DPM-Solver's multistep noise form, orders 1-2.
 
 The probability-flow ODE written with the data prediction x0(x, lambda) has
 the exact solution (DPM-Solver++, Lu et al. 2022), from s to t with h = lambda_t - lambda_s:
@@ -16,6 +17,16 @@ Order 1 is DDIM; order 2 is the paper's Algorithm 2 (DPM-Solver++(2M)); order 3
 uses the quadratic through the last three predictions with the psi_k above. (The
 authors' released multistep third-order update weights x0'' by psi_2 / 2, which
 makes it second order; on the Gaussian benchmark this form converges at order 3 or better.)
+
+`sample_dpm_solver` is the first DPM-Solver (Lu et al. 2022, NeurIPS), which
+integrates the same ODE written with the noise prediction eps(x, lambda):
+
+    x_t = (alpha_t / alpha_s) x_s - alpha_t * integral_{lambda_s}^{lambda_t} e^-lambda eps(lambda) dlambda,
+
+so eps held constant gives x_t = (alpha_t / alpha_s) x_s - sigma_t (e^h - 1) eps_s (DDIM again),
+and the multistep second order adds -(sigma_t / 2)(e^h - 1) D with D = (eps_{i-1} - eps_{i-2}) / r,
+the paper's DPM-Solver-2 update with its intermediate point replaced by the previous step.
+It is the sampler the Debias paper's code runs (order 2, time-uniform steps).
 """
 
 import math
@@ -79,19 +90,28 @@ def third_order_update(x, x0_prev, t_prev, t, noise_schedule):
 _UPDATES = {1: first_order_update, 2: second_order_update, 3: third_order_update}
 
 
+# `lower_order_final="always"`: UniPC's released sampler lowers the last orders in runs of any length.
+LOWER_ORDER_FINAL_ALWAYS = "always"
+
+
 def multistep_orders(steps, order, lower_order_final=True):
     """The order of each of the `steps` steps.
 
     The first steps lack history, so step i uses at most order i (warm-up).
-    With fewer than 10 steps the last steps drop to orders 2 and 1 too, which
-    the DPM-Solver++ and UniPC papers find stabilises very short runs.
+    With lower_order_final the last steps drop to orders 2 and 1 too, which
+    the DPM-Solver++ and UniPC papers find stabilises very short runs: in runs
+    of fewer than 10 steps (True, DPM-Solver's rule) or in every run
+    (LOWER_ORDER_FINAL_ALWAYS, as UniPC's released sampler does).
     """
     if order not in _UPDATES:
         raise ValueError(f"solver order must be 1, 2 or 3, got {order!r}")
+    if lower_order_final not in (True, False, LOWER_ORDER_FINAL_ALWAYS):
+        raise ValueError(f"lower_order_final must be True, False or {LOWER_ORDER_FINAL_ALWAYS!r}, got {lower_order_final!r}")
+    lower_final = lower_order_final == LOWER_ORDER_FINAL_ALWAYS or (lower_order_final is True and steps < 10)
     orders = []
     for step in range(1, steps + 1):
         step_order = min(order, step)
-        if lower_order_final and steps < 10:
+        if lower_final:
             step_order = min(step_order, steps + 1 - step)
         orders.append(step_order)
     return orders
@@ -110,20 +130,58 @@ def multistep_plan(times, order, lower_order_final=True, progress=False):
         yield float(times[step]), orders[step - 1], step == steps
 
 
+def _integrate(updates, model_fn, x_T, noise_schedule, times, order, lower_order_final, progress):
+    """The multistep loop: `updates[k](x, predictions, their times, t, noise_schedule)` takes a step of order k
+    with the last predictions of `model_fn`; one model evaluation per step but the last."""
+    x = x_T
+    t_history = [float(times[0])]
+    history = [model_fn(x, t_history[0])]
+    for t, step_order, is_last in multistep_plan(times, order, lower_order_final, progress):
+        x = updates[step_order](x, history, t_history, t, noise_schedule)
+        if not is_last:
+            t_history = (t_history + [t])[-order:]
+            history = (history + [model_fn(x, t)])[-order:]
+    return x
+
+
 def sample_dpm_solver_pp(data_fn, x_T, noise_schedule, times, order=3, lower_order_final=True, progress=False):
     """Integrate from times[0] to times[-1] with DPM-Solver++ multistep; len(times) - 1 model evaluations.
 
     `data_fn(x, t)` returns the data prediction x0 at continuous time t.
     """
-    x = x_T
-    t_history = [float(times[0])]
-    x0_history = [data_fn(x, t_history[0])]
-    for t, step_order, is_last in multistep_plan(times, order, lower_order_final, progress):
-        if step_order == 1:
-            x = first_order_update(x, x0_history[-1], t_history[-1], t, noise_schedule)
-        else:
-            x = _UPDATES[step_order](x, x0_history, t_history, t, noise_schedule)
-        if not is_last:
-            t_history = (t_history + [t])[-order:]
-            x0_history = (x0_history + [data_fn(x, t)])[-order:]
-    return x
+    updates = {
+        1: lambda x, x0_prev, t_prev, t, ns: first_order_update(x, x0_prev[-1], t_prev[-1], t, ns),
+        2: second_order_update,
+        3: third_order_update,
+    }
+    return _integrate(updates, data_fn, x_T, noise_schedule, times, order, lower_order_final, progress)
+
+
+def noise_first_order_update(x, eps_prev, t_prev, t, noise_schedule):
+    """DDIM in the noise form: eps held constant over the step."""
+    ns = noise_schedule
+    h = ns.lambda_(t) - ns.lambda_(t_prev)
+    return (ns.alpha(t) / ns.alpha(t_prev)) * x - (ns.sigma(t) * math.expm1(h)) * eps_prev
+
+
+def noise_second_order_update(x, eps_prev, t_prev, t, noise_schedule):
+    """Multistep DPM-Solver-2: with r = h_{i-1} / h_i and D = (eps_{i-1} - eps_{i-2}) / r,
+    x_t = (alpha_t / alpha_s) x_s - sigma_t (e^h - 1) (eps_{i-1} + D / 2)."""
+    ns = noise_schedule
+    lam_prev2, lam_prev1, lam_t = ns.lambda_(t_prev[-2]), ns.lambda_(t_prev[-1]), ns.lambda_(t)
+    h = lam_t - lam_prev1
+    r = (lam_prev1 - lam_prev2) / h
+    slope = (eps_prev[-1] - eps_prev[-2]) / r
+    return (ns.alpha(t) / ns.alpha(t_prev[-1])) * x - (ns.sigma(t) * math.expm1(h)) * (eps_prev[-1] + 0.5 * slope)
+
+
+def sample_dpm_solver(eps_fn, x_T, noise_schedule, times, order=2, lower_order_final=True, progress=False):
+    """Integrate from times[0] to times[-1] with multistep DPM-Solver (noise form), orders 1-2;
+    len(times) - 1 model evaluations. `eps_fn(x, t)` returns the noise prediction at continuous time t."""
+    if order not in (1, 2):
+        raise ValueError(f"DPM-Solver (noise form) has orders 1 and 2, got {order!r}")
+    updates = {
+        1: lambda x, eps_prev, t_prev, t, ns: noise_first_order_update(x, eps_prev[-1], t_prev[-1], t, ns),
+        2: noise_second_order_update,
+    }
+    return _integrate(updates, eps_fn, x_T, noise_schedule, times, order, lower_order_final, progress)

@@ -1,7 +1,8 @@
-"""Few-step ODE sampling of ADM checkpoints with DPM-Solver++ or UniPC.
+"""Few-step ODE sampling of ADM checkpoints with DPM-Solver++, DPM-Solver or UniPC.
 
-The solvers need a continuous-time data prediction x0(x, t). This module builds
-it from an ADM model and its (unspaced) GaussianDiffusion: the model is called
+The solvers need a continuous-time data prediction x0(x, t) (DPM-Solver++,
+UniPC) or noise prediction eps(x, t) (DPM-Solver). This module builds them
+from an ADM model and its (unspaced) GaussianDiffusion: the model is called
 with ADM's timestep indices, the eps half of a learned-sigma output is kept,
 x0- and v-predictions are converted to eps, and eps to x0
 (x0 = (x - sigma eps) / alpha). `fast_sample` is the entry point for scripts.
@@ -74,16 +75,21 @@ def data_prediction(eps_fn, noise_schedule, thresholding=False, thresholding_rat
     return data_fn
 
 
-def solve(solver, data_fn, x_T, noise_schedule, steps, order=3, skip_type="logSNR", lower_order_final=True,
+# What a solver integrates with: the data prediction x0(x, t) or the noise prediction eps(x, t).
+PREDICTIONS = ("x0", "eps")
+
+
+def solve(solver, model_fn, x_T, noise_schedule, steps, order=3, skip_type="logSNR", lower_order_final=True,
           progress=False, **options):
     """Integrate the probability-flow ODE from t = 1 to t = 1/N with `steps` model evaluations.
 
-    `solver` is a multistep solver (`dpm_solver.sample_dpm_solver_pp`, `unipc.sample_unipc`);
+    `solver` is a multistep solver (`dpm_solver.sample_dpm_solver_pp`, `unipc.sample_unipc`
+    with a data prediction `model_fn`; `dpm_solver.sample_dpm_solver` with a noise prediction);
     `options` are its own keywords (UniPC's `variant`).
     """
     times = sampling_times(noise_schedule, skip_type, steps)
     return solver(
-        data_fn, x_T, noise_schedule, times, order=order, lower_order_final=lower_order_final, progress=progress,
+        model_fn, x_T, noise_schedule, times, order=order, lower_order_final=lower_order_final, progress=progress,
         **options,
     )
 
@@ -103,6 +109,7 @@ def fast_sample(
     device=None,
     lower_order_final=True,
     thresholding=False,
+    prediction="x0",
     progress=False,
     **options,
 ):
@@ -112,17 +119,22 @@ def fast_sample(
     (its alphas_cumprod, model_mean_type and rescale_timesteps are read).
     The start x_T is given, or drawn with shape `shape` from
     `noise_source.randn_like` (e.g. guided_diffusion.noise.IndexedNoise) or
-    torch.randn; nothing else is random. `options` go to the solver. Returns x
-    at t = 1/N, in the model's data scale (not clipped).
+    torch.randn; nothing else is random. `prediction` (one of PREDICTIONS) is
+    what the solver integrates with; `options` go to the solver. Returns x at
+    t = 1/N, in the model's data scale (not clipped).
     """
     if getattr(diffusion, "original_num_steps", diffusion.num_timesteps) != diffusion.num_timesteps:
         raise ValueError("fast samplers need the unspaced diffusion: leave --timestep_respacing empty")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown solver prediction {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
+    if thresholding and prediction != "x0":
+        raise ValueError("dynamic thresholding clips the data prediction; it needs a data-prediction solver")
     noise_schedule = DiscreteNoiseSchedule(diffusion.alphas_cumprod)
     eps_fn = eps_model(
         model, diffusion.model_mean_type, noise_schedule, model_kwargs,
         rescale_timesteps=getattr(diffusion, "rescale_timesteps", False),
     )
-    data_fn = data_prediction(eps_fn, noise_schedule, thresholding=thresholding)
+    model_fn = data_prediction(eps_fn, noise_schedule, thresholding=thresholding) if prediction == "x0" else eps_fn
     if x_T is None:
         if shape is None:
             raise ValueError("fast_sample needs either shape or x_T")
@@ -132,6 +144,6 @@ def fast_sample(
         x_T = noise_source.randn_like(blank) if noise_source is not None else torch.randn_like(blank)
     with torch.no_grad():
         return solve(
-            solver, data_fn, x_T, noise_schedule, steps, order=order, skip_type=skip_type,
+            solver, model_fn, x_T, noise_schedule, steps, order=order, skip_type=skip_type,
             lower_order_final=lower_order_final, progress=progress, **options,
         )

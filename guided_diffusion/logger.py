@@ -1,8 +1,13 @@
-"""ADM-style logging: key/value tables on stdout and in log.txt, rows in progress.csv.
+"""ADM-style logging: key/value tables on stdout and in log.txt, rows in progress.csv, and ADM's other formats.
 
 Usage mirrors ADM's logger: `configure(dir)`, then `logkv(key, value)` for values set once
 per interval, `logkv_mean(key, value)` for values averaged over the interval, `dumpkvs()`
 to write one row, and `log(...)` / `warn(...)` for text lines.
+
+ADM's OPENAI_LOG_FORMAT chooses the outputs (default `stdout,log,csv`): `stdout`, `log`
+(log.txt), `csv` (progress.csv), `json` (progress.json, one object per row), `tensorboard`
+(event files in tb/, through torch.utils.tensorboard) and `wandb` (when the wandb package is
+installed; its own settings apply, e.g. WANDB_MODE=offline needs no network).
 
 Every rank calls `dumpkvs()` together: interval means are combined over ranks (weighted
 by how many values each rank logged), and only rank 0 writes. A remote log dir (gs://,
@@ -11,6 +16,8 @@ uploaded by `sync()` (the training loop calls it at every checkpoint and at the 
 """
 
 import datetime
+import json
+import math
 import os
 import sys
 import tempfile
@@ -78,30 +85,133 @@ class CSVOutput:
             f.write(",".join("" if kvs.get(k) is None else str(kvs[k]) for k in self.keys) + "\n")
 
 
+class JSONOutput:
+    """progress.json: one JSON object per row, as ADM writes it."""
+
+    def __init__(self, path):
+        self.file = open(path, "a")
+
+    def write_kvs(self, kvs):
+        self.file.write(json.dumps({k: _plain(v) for k, v in sorted(kvs.items())}) + "\n")
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+class TensorBoardOutput:
+    """Scalars in TensorBoard event files under `dir`, at the row's `step` (else the row count)."""
+
+    def __init__(self, dir):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=dir)
+        self.rows = 0
+
+    def write_kvs(self, kvs):
+        self.rows += 1
+        step = int(kvs.get("step", self.rows))
+        for key, value in _numbers(kvs).items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+class WandbOutput:
+    """Rows logged to Weights & Biases; the run is named after the log folder."""
+
+    def __init__(self, dir, name):
+        import wandb
+
+        self.run = wandb.init(dir=dir, name=name, project=os.environ.get("WANDB_PROJECT", "debias-adm"))
+
+    def write_kvs(self, kvs):
+        numbers = _numbers(kvs)
+        self.run.log(numbers, step=int(kvs["step"]) if "step" in kvs else None)
+
+    def close(self):
+        self.run.finish()
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def _numbers(kvs):
+    """The finite numeric values of a row."""
+    numbers = {}
+    for key, value in kvs.items():
+        value = _plain(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            numbers[key] = value
+    return numbers
+
+
+LOG_FORMATS = ("stdout", "log", "csv", "json", "tensorboard", "wandb")
+DEFAULT_LOG_FORMAT = "stdout,log,csv"
+
+
+def log_formats(value=None):
+    """The outputs named by `value`, by default ADM's OPENAI_LOG_FORMAT variable (else stdout,log,csv)."""
+    if value is None:
+        value = os.environ.get("OPENAI_LOG_FORMAT") or DEFAULT_LOG_FORMAT
+    formats = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in formats if name not in LOG_FORMATS]
+    if unknown:
+        raise ValueError(f"OPENAI_LOG_FORMAT: unknown format(s) {', '.join(unknown)}; expected some of {', '.join(LOG_FORMATS)}")
+    if "wandb" in formats:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ValueError("OPENAI_LOG_FORMAT asks for wandb, which is not installed: pip install wandb, or leave it out") from None
+    return formats
+
+
+# Files a resumed run continues rather than replaces.
+_APPENDED_FILES = ("log.txt", "progress.csv", "progress.json")
+
+
 class Logger:
-    def __init__(self, dir, rank=0):
+    def __init__(self, dir, rank=0, formats=None):
         self.dir = dir
         self.rank = rank
         self.name_to_value = {}
         self.name_to_count = {}
         self.outputs = []
         self.text_outputs = []
+        self._files = []
         self._local_dir = None
         if rank != 0 or dir is None:
             return
+        formats = log_formats() if formats is None else list(formats)
         if is_remote(dir):
             self._local_dir = tempfile.mkdtemp(prefix="debias-adm-log-")
             # A resumed run continues the remote files rather than replacing them.
-            for name in ("log.txt", "progress.csv"):
+            for name in _APPENDED_FILES:
                 if bf.exists(bf.join(dir, name)):
                     bf.copy(bf.join(dir, name), os.path.join(self._local_dir, name))
         else:
             os.makedirs(dir, exist_ok=True)
             self._local_dir = dir
-        self._log_file = open(os.path.join(self._local_dir, "log.txt"), "a")
-        stdout, log_txt = HumanOutput(sys.stdout), HumanOutput(self._log_file)
-        self.outputs = [stdout, log_txt, CSVOutput(os.path.join(self._local_dir, "progress.csv"))]
-        self.text_outputs = [stdout, log_txt]
+        for name in formats:
+            if name == "stdout":
+                output = HumanOutput(sys.stdout)
+                self.text_outputs.append(output)
+            elif name == "log":
+                self._files.append(open(os.path.join(self._local_dir, "log.txt"), "a"))
+                output = HumanOutput(self._files[-1])
+                self.text_outputs.append(output)
+            elif name == "csv":
+                output = CSVOutput(os.path.join(self._local_dir, "progress.csv"))
+            elif name == "json":
+                output = JSONOutput(os.path.join(self._local_dir, "progress.json"))
+            elif name == "tensorboard":
+                output = TensorBoardOutput(os.path.join(self._local_dir, "tb"))
+            else:
+                output = WandbOutput(self._local_dir, os.path.basename(os.path.normpath(dir)))
+            self.outputs.append(output)
 
     def logkv(self, key, value):
         self.name_to_value[key] = value
@@ -146,20 +256,26 @@ class Logger:
             output.write_text(text)
 
     def sync(self):
-        """Upload the staged text files when the log dir is remote; a no-op locally."""
+        """Upload the staged files (text logs, event files) when the log dir is remote; a no-op locally."""
         if self._local_dir is None or self._local_dir == self.dir:
             return
-        for name in ("log.txt", "progress.csv"):
-            local = os.path.join(self._local_dir, name)
-            if os.path.exists(local):
-                bf.copy(local, bf.join(self.dir, name), overwrite=True)
+        for folder, _, names in os.walk(self._local_dir):
+            relative = os.path.relpath(folder, self._local_dir)
+            for name in names:
+                target = bf.join(self.dir, name) if relative == "." else bf.join(self.dir, *relative.split(os.sep), name)
+                bf.copy(os.path.join(folder, name), target, overwrite=True)
 
     def close(self):
         if self.outputs:
+            for output in self.outputs:
+                if hasattr(output, "close"):
+                    output.close()
             self.sync()
-            self._log_file.close()
+            for file in self._files:
+                file.close()
             self.outputs = []
             self.text_outputs = []
+            self._files = []
 
 
 _current = Logger(None)
@@ -172,11 +288,13 @@ def default_log_dir():
     )
 
 
-def configure(dir=None, rank=0):
-    """Start logging into `dir` (see `default_log_dir`); ranks other than 0 write nothing."""
+def configure(dir=None, rank=0, format_strs=None):
+    """Start logging into `dir` (see `default_log_dir`) in `format_strs` (default: OPENAI_LOG_FORMAT, see
+    `log_formats`); ranks other than 0 write nothing."""
     global _current
+    formats = log_formats() if format_strs is None else log_formats(",".join(format_strs))
     _current.close()
-    _current = Logger(dir or default_log_dir(), rank=rank)
+    _current = Logger(dir or default_log_dir(), rank=rank, formats=formats)
     return _current
 
 

@@ -3,13 +3,15 @@
 A sampler is one `register_sampler` call. The sampling script, plans and the
 few-step figure read the names, flags and step counts from here, so a new
 sampler needs no other edit. Built in: ADM's ancestral sampler (`ddpm`), DDIM
-(`ddim`), DPM-Solver++ (`dpm_solver`) and UniPC (`unipc`).
+(`ddim`), DPM-Solver++ (`dpm_solver`) and UniPC (`unipc`), and the two fast
+samplers exactly as the paper's code (yuhuUSTC/Debias) runs its `--sampler
+dpm_solver` and `--sampler unipc` (`paper_dpm_solver`, `paper_unipc`).
 """
 
 import dataclasses
 
 from . import fast_samplers
-from .dpm_solver import sample_dpm_solver_pp
+from .dpm_solver import LOWER_ORDER_FINAL_ALWAYS, sample_dpm_solver, sample_dpm_solver_pp
 from .noise_schedule import SKIP_TYPES
 from .unipc import VARIANTS as UNIPC_VARIANTS
 from .unipc import sample_unipc
@@ -27,6 +29,7 @@ class Sampler:
     training process, taking its step count from `steps_from(flags)`.
     `respacing_prefix` is what a request for T steps puts before T in
     --timestep_respacing ("ddim" gives ADM's exact-stride DDIM spacing).
+    `summary` is its line in --help.
     """
 
     run: object
@@ -34,6 +37,7 @@ class Sampler:
     check: object = None
     respaced: bool = True
     respacing_prefix: str = ""
+    summary: str = ""
 
 
 SAMPLERS = {}
@@ -41,17 +45,22 @@ SAMPLERS = {}
 # Defaults of every sampler's own flags; a flag set away from its default for a
 # sampler that does not read it is an error, not silently ignored.
 SAMPLER_OPTION_DEFAULTS = dict(eta=0.0)
+# Their --help lines.
+SAMPLER_OPTION_HELP = dict(eta="DDIM's eta: 0 is deterministic, 1 adds DDPM's noise (ddim only)")
 
 # Options every sampler may read without declaring a default here (the sampling script owns them).
 _SHARED_OPTIONS = ("clip_denoised",)
 
 
-def register_sampler(name, run, options=(), option_defaults=None, check=None, respaced=True, respacing_prefix=""):
+def register_sampler(
+    name, run, options=(), option_defaults=None, check=None, respaced=True, respacing_prefix="", summary="",
+    option_help=None,
+):
     """Add (or replace) the sampler for --sampler `name`; see `Sampler`.
 
     `run` must draw every random number from `noise_source.randn_like`, so that
     sample i depends on (seed, i) alone. New flags get their defaults from
-    `option_defaults`.
+    `option_defaults` and their --help lines from `option_help`.
     """
     for key, value in (option_defaults or {}).items():
         if SAMPLER_OPTION_DEFAULTS.get(key, value) != value:
@@ -60,7 +69,8 @@ def register_sampler(name, run, options=(), option_defaults=None, check=None, re
     unknown = [o for o in options if o not in SAMPLER_OPTION_DEFAULTS and o not in _SHARED_OPTIONS]
     if unknown:
         raise ValueError(f"sampler {name!r} reads flag(s) without a default: {', '.join(unknown)}")
-    SAMPLERS[name] = Sampler(run, tuple(options), check, respaced, respacing_prefix)
+    SAMPLER_OPTION_HELP.update(option_help or {})
+    SAMPLERS[name] = Sampler(run, tuple(options), check, respaced, respacing_prefix, summary)
 
 
 def sampler_names():
@@ -119,20 +129,23 @@ def fast_sampler_steps(flags):
     return int(respacing)
 
 
-def _fast_sampler(solver, solver_options=()):
-    """A registry `run` for a multistep ODE solver; `solver_options` maps the solver's keywords to flags."""
+def _fast_sampler(solver, solver_options=(), **fixed):
+    """A registry `run` for a multistep ODE solver; `solver_options` maps the solver's keywords to flags, and
+    `fixed` holds the `fast_samplers.fast_sample` settings the sampler keeps whatever the flags say."""
 
     def run(model, diffusion, shape, *, model_kwargs, noise_source, device, flags):
+        settings = dict(order=flags["solver_order"], skip_type=flags["skip_type"])
+        settings.update({keyword: flags[flag] for keyword, flag in solver_options})
+        settings.update(fixed)
         return fast_samplers.fast_sample(
-            solver, model, diffusion, shape, steps=fast_sampler_steps(flags), order=flags["solver_order"],
-            skip_type=flags["skip_type"], model_kwargs=model_kwargs, noise_source=noise_source, device=device,
-            **{keyword: flags[flag] for keyword, flag in solver_options},
+            solver, model, diffusion, shape, steps=fast_sampler_steps(flags), model_kwargs=model_kwargs,
+            noise_source=noise_source, device=device, **settings,
         )
 
     return run
 
 
-def _check_fast_sampler(flags):
+def _check_steps(flags):
     steps = fast_sampler_steps(flags)
     if flags["timestep_respacing"] and flags["sampling_steps"] != SAMPLER_OPTION_DEFAULTS["sampling_steps"]:
         if steps != flags["sampling_steps"]:
@@ -142,6 +155,10 @@ def _check_fast_sampler(flags):
             )
     if steps < 1:
         raise ValueError(f"--sampling_steps must be at least 1, got {steps}")
+
+
+def _check_fast_sampler(flags):
+    _check_steps(flags)
     if flags["solver_order"] not in (1, 2, 3):
         raise ValueError(f"--solver_order must be 1, 2 or 3, got {flags['solver_order']}")
     if flags["skip_type"] not in SKIP_TYPES:
@@ -150,15 +167,39 @@ def _check_fast_sampler(flags):
         raise ValueError(f"unknown --unipc_variant {flags['unipc_variant']!r}; expected one of {', '.join(UNIPC_VARIANTS)}")
 
 
-register_sampler("ddpm", _ddpm, options=("clip_denoised",))
-register_sampler("ddim", _ddim, options=("clip_denoised", "eta"), respacing_prefix="ddim")
+register_sampler(
+    "ddpm", _ddpm, options=("clip_denoised",), summary="ADM's ancestral sampler on the --timestep_respacing steps"
+)
+register_sampler(
+    "ddim", _ddim, options=("clip_denoised", "eta"), respacing_prefix="ddim", summary="DDIM (ADM's --use_ddim True)"
+)
 _FAST_OPTION_DEFAULTS = dict(sampling_steps=20, solver_order=3, skip_type="logSNR", unipc_variant="bh2")
+_FAST_OPTION_HELP = dict(
+    sampling_steps="model evaluations per sample of the fast samplers; --timestep_respacing N says the same",
+    solver_order="order of the multistep solver: 1 (DDIM), 2 or 3",
+    skip_type=f"time grid of the fast samplers: {', '.join(SKIP_TYPES)} (uniform in log-SNR, in t, in sqrt(t))",
+    unipc_variant=f"UniPC's B(h): {', '.join(UNIPC_VARIANTS)}",
+)
 _FAST_OPTIONS = ("sampling_steps", "solver_order", "skip_type")
 register_sampler(
     "dpm_solver", _fast_sampler(sample_dpm_solver_pp), options=_FAST_OPTIONS,
     option_defaults=_FAST_OPTION_DEFAULTS, check=_check_fast_sampler, respaced=False,
+    summary="DPM-Solver++ multistep (data prediction), --solver_order and --skip_type", option_help=_FAST_OPTION_HELP,
 )
 register_sampler(
     "unipc", _fast_sampler(sample_unipc, (("variant", "unipc_variant"),)), options=_FAST_OPTIONS + ("unipc_variant",),
     option_defaults=_FAST_OPTION_DEFAULTS, check=_check_fast_sampler, respaced=False,
+    summary="UniPC multistep (data prediction), --solver_order, --skip_type and --unipc_variant",
+)
+# The paper's code calls DPM-Solver's and UniPC's released samplers with these fixed settings.
+register_sampler(
+    "paper_dpm_solver", _fast_sampler(sample_dpm_solver, order=2, skip_type="time_uniform", prediction="eps"),
+    options=("sampling_steps",), check=_check_steps, respaced=False,
+    summary="the paper's --sampler dpm_solver: DPM-Solver-2 multistep, noise form, time-uniform steps",
+)
+register_sampler(
+    "paper_unipc",
+    _fast_sampler(sample_unipc, order=3, skip_type="time_uniform", variant="bh1", lower_order_final=LOWER_ORDER_FINAL_ALWAYS),
+    options=("sampling_steps",), check=_check_steps, respaced=False,
+    summary="the paper's --sampler unipc: UniPC-3 bh1, time-uniform steps, lower orders at the end of every run",
 )

@@ -96,6 +96,7 @@ def sampling_defaults():
         seed=0,
         class_labels="uniform",
         out_dir="",
+        sample_dir="",
         png=False,
         precision="",
         **samplers.SAMPLER_OPTION_DEFAULTS,
@@ -134,6 +135,17 @@ def parse_class_labels(value, num_classes):
     return str(label)
 
 
+def output_dir(flags):
+    """--out_dir, or P2's and the paper's --sample_dir, or $OPENAI_LOGDIR as for training (ADM's convention)."""
+    out_dir, sample_dir = flags["out_dir"], flags["sample_dir"]
+    if out_dir and sample_dir and os.path.normpath(out_dir) != os.path.normpath(sample_dir):
+        raise ValueError(f"--out_dir {out_dir} and --sample_dir {sample_dir} name different folders; give one")
+    resolved = out_dir or sample_dir or os.environ.get("OPENAI_LOGDIR", "")
+    if not resolved:
+        raise ValueError("--out_dir is required (or --sample_dir, or OPENAI_LOGDIR in the environment)")
+    return resolved
+
+
 def validate_flags(flags, device_type=None):
     """Check and normalise the flags; returns a new dict with `sampler` and `precision` resolved."""
     defaults = flag_defaults()
@@ -143,8 +155,7 @@ def validate_flags(flags, device_type=None):
     flags = {**defaults, **flags}
     if not flags["model_path"]:
         raise ValueError("--model_path is required")
-    if not flags["out_dir"]:
-        raise ValueError("--out_dir is required")
+    flags["out_dir"] = output_dir(flags)
     if "://" in str(flags["out_dir"]):
         raise ValueError(f"--out_dir {flags['out_dir']}: must be a local or shared filesystem path")
     if flags["num_samples"] < 1:

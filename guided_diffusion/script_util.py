@@ -1,13 +1,17 @@
 """ADM's flag set and factories, plus TOML configs; shared by every script."""
 
 import argparse
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib
 
 import torch
 
 from . import gaussian_diffusion as gd
 from . import weighting
 from .checkpoint import load_model_checkpoint
+from .flag_help import model_and_diffusion_help
 from .respace import SpacedDiffusion, space_timesteps
 from .targets import mean_type, target_from_flags
 from .unet import UNetModel
@@ -269,14 +273,17 @@ def str2bool(v):
     raise argparse.ArgumentTypeError(f"boolean value expected, got {v!r}")
 
 
-def add_dict_to_argparser(parser, default_dict):
+def add_dict_to_argparser(parser, default_dict, help_texts=None):
+    """One `--key value` flag per entry, typed like its default; `help_texts` maps keys to --help lines."""
+    help_texts = help_texts or {}
     for k, v in default_dict.items():
         v_type = type(v)
         if v is None:
             v_type = str
         elif isinstance(v, bool):
             v_type = str2bool
-        parser.add_argument(f"--{k}", default=v, type=v_type)
+        text = help_texts.get(k)
+        parser.add_argument(f"--{k}", default=v, type=v_type, help=f"{text} (default: %(default)r)" if text else None)
 
 
 def args_to_dict(args, keys):
@@ -343,17 +350,45 @@ def load_config(path, defaults, sections=None):
 
 def parse_args_with_config(parser, defaults, argv, sections=None):
     """Parse `argv` where `--config FILE` supplies defaults and explicit flags override the file."""
+    return _parse_with_config(parser, defaults, argv, sections)[0]
+
+
+def parse_flags_and_given(parser, defaults, argv, sections=None):
+    """(flags, given): the flags of `argv` as a dict over `defaults`' keys (`--config FILE` first, then
+    the flags given), and the names of those set on the command line or in the config, even to
+    their default value."""
+    args, config_values = _parse_with_config(parser, defaults, argv, sections)
+    return {k: getattr(args, k) for k in defaults}, set(config_values) | named_on_command_line(defaults, argv)
+
+
+def named_on_command_line(defaults, argv):
+    """The keys of `defaults` that `argv` sets, however spelled (`--key v`, `--key=v`, an abbreviation)."""
+    probe = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    probe.add_argument("--config")
+    for key in defaults:
+        probe.add_argument(f"--{key}")
+    known, _ = probe.parse_known_args(argv)
+    return set(vars(known)) - {"config"}
+
+
+def _parse_with_config(parser, defaults, argv, sections):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**load_config(known.config, defaults, sections))
-    return parser.parse_args(argv)
+    config_values = load_config(known.config, defaults, sections) if known.config else {}
+    if config_values:
+        parser.set_defaults(**config_values)
+    return parser.parse_args(argv), config_values
 
 
-def create_argparser(defaults, description=None):
-    """An ADM-style parser: one `--key value` flag per default, plus `--config`."""
+def create_argparser(defaults, description=None, help_texts=None):
+    """An ADM-style parser: one `--key value` flag per default, plus `--config`.
+
+    `help_texts` are the --help lines; by default those of the model and diffusion flags.
+    """
+    if help_texts is None:
+        help_texts = model_and_diffusion_help()
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=None, help="TOML file of flag values; flags given here override it")
-    add_dict_to_argparser(parser, defaults)
+    add_dict_to_argparser(parser, defaults, help_texts)
     return parser

@@ -27,11 +27,14 @@ from .checkpoint import (
     save_checkpoint,
     state_dict_digest,
 )
-from .fp16_util import MixedPrecisionTrainer, resolve_precision
+from .checkpoint_flags import weighting_change
+from .fp16_util import MixedPrecisionTrainer, fp16_fallback_note, resolve_precision
 from .image_datasets import load_data, shard_digest
 from .nn import update_ema
 from .resample import LossAwareSampler, UniformSampler, create_named_schedule_sampler
 from .script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from .timestep_metrics import TimestepBinErrors
+from .weighting import check_given_parameters
 
 MAX_CONSECUTIVE_NONFINITE = 100
 
@@ -160,6 +163,8 @@ class TrainLoop:
         self.log_interval = log_interval
         self.save_interval = save_interval
         self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+        self.timestep_errors = TimestepBinErrors(diffusion)
+        self._step_mse = None
         self.lr_anneal_steps = lr_anneal_steps
         self.max_steps = max_steps
         self.log_dir = log_dir or logger.get_dir()
@@ -234,6 +239,9 @@ class TrainLoop:
                 group["lr"] = self.lr
                 group["weight_decay"] = self.weight_decay
         manifest = resume.manifest or {}
+        change = weighting_change(manifest.get("flags"), self.flags) if self.flags else None
+        if change:
+            logger.warn(change)
         self.samples = int(manifest.get("samples", self.step * self.global_batch))
         if "lg_loss_scale" in manifest and self.mp_trainer.precision == "fp16" and manifest.get("precision") == "fp16":
             self.mp_trainer.lg_loss_scale = float(manifest["lg_loss_scale"])
@@ -285,6 +293,7 @@ class TrainLoop:
             if isinstance(self.schedule_sampler, LossAwareSampler):
                 self.schedule_sampler.update_with_local_losses(timesteps, raw_losses)
             self._log_losses(timesteps, weighted_terms)
+            self.timestep_errors.log(timesteps, self._step_mse)
             logger.logkv_mean("grad_norm", grad_norm)
             return True
         self._consecutive_nonfinite += 1
@@ -306,7 +315,7 @@ class TrainLoop:
         device = dist_util.dev()
         batch = batch.to(device)
         cond = {k: v.to(device) for k, v in cond.items()}
-        all_t, all_losses, all_terms, finite = [], [], {}, True
+        all_t, all_losses, all_terms, all_mse, finite = [], [], {}, [], True
         size = batch.shape[0]
         for start in range(0, size, self.microbatch):
             micro = batch[start : start + self.microbatch]
@@ -323,9 +332,12 @@ class TrainLoop:
                 self.mp_trainer.backward(loss)
             all_t.append(t.detach())
             all_losses.append(losses["loss"].detach().float())
+            if "mse" in losses:
+                all_mse.append(losses["mse"].detach().float())
             for key, value in losses.items():
                 all_terms.setdefault(key, []).append((value.detach().float() * weights).cpu())
         terms = {k: torch.cat(v) for k, v in all_terms.items()}
+        self._step_mse = torch.cat(all_mse) if all_mse else None  # unweighted, for the per-band errors
         return torch.cat(all_t), torch.cat(all_losses), terms, finite
 
     def _log_losses(self, timesteps, terms):
@@ -408,9 +420,11 @@ class TrainLoop:
         self._last_saved_step = self.step
 
 
-def train(flags):
+def train(flags, given=()):
     """Train from a dict of `image_train_defaults()` flags; call after `dist_util.setup_dist()`.
 
+    `given` names the flags the user set (command line or config): a schedule
+    parameter among them that the schedule does not read is refused.
     Returns the finished TrainLoop.
     """
     defaults = image_train_defaults()
@@ -418,18 +432,22 @@ def train(flags):
     if unknown:
         raise ValueError(f"unknown training flag(s): {', '.join(unknown)}")
     flags = {**defaults, **flags}
+    parameters_note = check_given_parameters(flags["weight_schedule"], given)
     rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
     log_dir = dist_util.broadcast_object(flags["log_dir"] or logger.default_log_dir())
     logger.configure(log_dir, rank=rank)
     try:
-        return _train(flags, log_dir, rank, world_size)
+        return _train(flags, log_dir, rank, world_size, parameters_note)
     finally:
         logger.close()
 
 
-def _train(flags, log_dir, rank, world_size):
-    precision = resolve_precision(flags["precision"], flags["use_fp16"])
+def _train(flags, log_dir, rank, world_size, parameters_note):
+    precision = resolve_precision(flags["precision"], flags["use_fp16"], dist_util.dev().type)
     parse_ema_rates(flags["ema_rate"])
+    for note in (parameters_note, fp16_fallback_note(flags["precision"], flags["use_fp16"], precision)):
+        if note:
+            logger.log(note)
     logger.log(
         f"training in {log_dir} on {world_size} rank(s) ({dist_util.launcher() or 'no process group'}, "
         f"{dist_util.dev()}), batch {flags['batch_size']} per rank = {flags['batch_size'] * world_size} in all, "

@@ -49,6 +49,14 @@ WEIGHT_SCHEDULES = {
 
 WEIGHT_SPACES = ("target", "eps")
 
+# The code base each schedule's command lines come from, named in messages to their users.
+SCHEDULE_ORIGINS = {"constant": "ADM's code", "p2": "P2's code", "min_snr": "Min-SNR's code", "debias": "the paper's code"}
+
+# Schedules whose original command lines carry another schedule's parameters without reading them:
+# the paper's code (yuhuUSTC/Debias) takes P2's `--p2_gamma 1 --p2_k 1` over from P2's README and
+# trains the debias weighting it hard-codes, so with debias those parameters are read as unread.
+CARRIES_PARAMETERS_OF = {"debias": "p2"}
+
 
 def snr_from_alphas_cumprod(alphas_cumprod):
     alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
@@ -98,6 +106,40 @@ def parameter_owners():
         for key in schedule_parameters(name):
             owners.setdefault(key, []).append(name)
     return owners
+
+
+def check_given_parameters(name, given):
+    """Refuse schedule parameters given (on the command line or in a config) that schedule `name` does not read.
+
+    `given` holds the names of the flags given, whatever their values. The
+    parameters a schedule's original command line carries without reading them
+    (CARRIES_PARAMETERS_OF) are accepted: the returned line says they are not
+    read, for the log; otherwise None is returned.
+    """
+    check_weight_schedule(name)
+    owners = parameter_owners()
+    foreign = sorted(p for p in given if p in owners and name not in owners[p])
+    carried = set(schedule_parameters(CARRIES_PARAMETERS_OF[name])) if name in CARRIES_PARAMETERS_OF else set()
+    stray = [p for p in foreign if p not in carried]
+    if stray:
+        flags = ", ".join(f"--{p}" for p in stray)
+        schedules = sorted({owner for p in stray for owner in owners[p]})
+        choices = schedules + [s for s, lender in CARRIES_PARAMETERS_OF.items() if lender in schedules and s != name]
+        options = " or ".join(
+            f"--weight_schedule {c}" + (f" ({SCHEDULE_ORIGINS[c]})" if c in SCHEDULE_ORIGINS else "") for c in choices
+        )
+        raise ValueError(
+            f"{flags} {'is a parameter' if len(stray) == 1 else 'are parameters'} of --weight_schedule "
+            f"{' and '.join(schedules)}, not of --weight_schedule {name}, and would be ignored: add {options}, "
+            f"or drop {flags}"
+        )
+    if foreign:
+        flags = ", ".join(f"--{p}" for p in foreign)
+        return (
+            f"{flags} not read: --weight_schedule {name} has no such parameter "
+            f"({SCHEDULE_ORIGINS.get(name, 'its code')} takes them on its command line and ignores them too)"
+        )
+    return None
 
 
 def timestep_loss_weights(name, alphas_cumprod, target="eps", weight_space="target", **params):

@@ -41,7 +41,10 @@ only to some checkpoints and runs (e.g. Table 4's x0 and v runs at T=100 only).
 
 import dataclasses
 import os
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib
 
 from guided_diffusion import samplers
 from guided_diffusion.targets import DEFAULT_TARGET, check_target

@@ -13,6 +13,7 @@ from guided_diffusion.sample_store import samples_file_name
 from guided_diffusion.script_util import load_config, model_and_diffusion_defaults
 from guided_diffusion.targets import target_flags
 from guided_diffusion.train_util import image_train_defaults
+from guided_diffusion.weighting import parameter_owners
 
 # Every stage runs an entry point by module (`python -m ...`), whatever the working directory.
 MODULES = {
@@ -129,7 +130,9 @@ def expand(plan):
         for run in ds.runs:
             run_dir = plan.under_root("runs", ds.name, run.dir_name)
             train_name = f"train/{ds.name}/{run.name}"
-            train_flags = dict(ds.train)
+            # A plan's [train] table serves every run; each run gets only its own schedule's parameters.
+            owners = parameter_owners()
+            train_flags = {k: v for k, v in ds.train.items() if run.weight_schedule in owners.get(k, [run.weight_schedule])}
             train_flags.update(target_flags(run.target))
             stages.append(
                 Stage(

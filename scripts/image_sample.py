@@ -5,26 +5,31 @@
         --num_samples 50000 --out_dir samples/ffhq/debias/T100
 
 Works the same under `torchrun --nproc_per_node 8` and as one plain process.
-See docs/sampling.md (README "Sampling") for the flags and the layout of --out_dir.
+A checkpoint trained here needs no model flags: those saved beside it are the defaults.
+See the README's "Sampling" section for the flags and the layout of --out_dir.
 """
 
 import sys
 
-from guided_diffusion import dist_util, sampling
-from guided_diffusion.script_util import create_argparser, parse_args_with_config
+from guided_diffusion import checkpoint_flags, dist_util, flag_help, sampling
+from guided_diffusion.script_util import create_argparser, parse_flags_and_given
+
+
+def parse_command_line(argv):
+    """(flags, the names of the flags given): `--config` file first, then the flags on the command line."""
+    defaults = sampling.flag_defaults()
+    parser = create_argparser(defaults, description=__doc__.splitlines()[0], help_texts=flag_help.sampling_help())
+    return parse_flags_and_given(parser, defaults, argv, sections=sampling.CONFIG_SECTIONS)
 
 
 def parse_flags(argv):
-    """The sampling flags of a command line (`--config` file first, then the flags given)."""
-    defaults = sampling.flag_defaults()
-    parser = create_argparser(defaults, description=__doc__.splitlines()[0])
-    args = parse_args_with_config(parser, defaults, argv, sections=sampling.CONFIG_SECTIONS)
-    return {k: getattr(args, k) for k in defaults}
+    """The sampling flags of a command line, before the checkpoint's manifest completes them."""
+    return parse_command_line(argv)[0]
 
 
 def main(argv=None):
     try:
-        flags = parse_flags(sys.argv[1:] if argv is None else argv)
+        flags = checkpoint_flags.sampling_flags(*parse_command_line(sys.argv[1:] if argv is None else argv))
         dist_util.setup_dist()
         result = sampling.sample_to_dir(flags)
     except sampling.USER_ERRORS as e:

@@ -8,28 +8,32 @@ Works the same under `torchrun --nproc_per_node 8` and as one plain process.
 
 import sys
 
-from guided_diffusion import dist_util
+from guided_diffusion import dist_util, flag_help
 from guided_diffusion.checkpoint import CheckpointError
-from guided_diffusion.script_util import create_argparser, parse_args_with_config
+from guided_diffusion.script_util import create_argparser, parse_flags_and_given
 from guided_diffusion.train_util import TrainingError, image_train_defaults, train
 
 # The [sample] table of a dataset config belongs to scripts/image_sample.py.
 TRAINING_CONFIG_SECTIONS = ("model", "diffusion", "train")
 
 
-def parse_flags(argv):
-    """The training flags of a command line (`--config` file first, then the flags given)."""
+def parse_command_line(argv):
+    """(flags, the names of the flags given): `--config` file first, then the flags on the command line."""
     defaults = image_train_defaults()
-    parser = create_argparser(defaults, description=__doc__.splitlines()[0])
-    args = parse_args_with_config(parser, defaults, argv, sections=TRAINING_CONFIG_SECTIONS)
-    return {k: getattr(args, k) for k in defaults}
+    parser = create_argparser(defaults, description=__doc__.splitlines()[0], help_texts=flag_help.training_help())
+    return parse_flags_and_given(parser, defaults, argv, sections=TRAINING_CONFIG_SECTIONS)
+
+
+def parse_flags(argv):
+    """The training flags of a command line."""
+    return parse_command_line(argv)[0]
 
 
 def main(argv=None):
     try:
-        flags = parse_flags(sys.argv[1:] if argv is None else argv)
+        flags, given = parse_command_line(sys.argv[1:] if argv is None else argv)
         dist_util.setup_dist()
-        train(flags)
+        train(flags, given)
     except (ValueError, OSError, CheckpointError, TrainingError) as e:
         print(f"image_train.py: error: {e}", file=sys.stderr, flush=True)
         if dist_util.get_world_size() > 1:

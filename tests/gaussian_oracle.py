@@ -94,3 +94,15 @@ class ExactGaussianModel(torch.nn.Module):
         if self.learned_sigma:
             out = torch.cat([out, torch.full_like(out, 7.0)], dim=1)
         return out
+
+
+class GivenStart:
+    """A noise source (see guided_diffusion.noise) whose draw is a chosen x_T, to start a registered sampler there."""
+
+    def __init__(self, x_T):
+        self.x_T = x_T
+
+    def randn_like(self, like):
+        if like.shape != self.x_T.shape:
+            raise ValueError(f"x_T has shape {tuple(self.x_T.shape)}, the sampler draws {tuple(like.shape)}")
+        return self.x_T

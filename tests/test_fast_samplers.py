@@ -8,7 +8,8 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from guided_diffusion.dpm_solver import multistep_orders, psi_coefficients, sample_dpm_solver_pp
+from guided_diffusion import samplers
+from guided_diffusion.dpm_solver import multistep_orders, psi_coefficients, sample_dpm_solver, sample_dpm_solver_pp
 from guided_diffusion.fast_samplers import (
     data_prediction,
     dynamic_threshold,
@@ -24,10 +25,11 @@ from guided_diffusion.gaussian_diffusion import (
     ModelVarType,
     get_named_beta_schedule,
 )
-from tests.gaussian_oracle import ExactGaussianModel, GaussianData
+from tests.gaussian_oracle import ExactGaussianModel, GaussianData, GivenStart
 from guided_diffusion.noise import IndexedNoise
 from guided_diffusion.noise_schedule import DiscreteNoiseSchedule, sampling_times
 from guided_diffusion.respace import SpacedDiffusion
+from guided_diffusion.sampling import sampling_defaults
 from guided_diffusion.unet import UNetModel
 from guided_diffusion.unipc import sample_unipc, scaled_phi
 
@@ -370,3 +372,95 @@ def test_dynamic_threshold_is_the_clipped_quantile():
     torch.testing.assert_close(thresholded, torch.maximum(torch.minimum(x0, scale), -scale) / scale)
     assert thresholded.abs().max() <= 1.0
     torch.testing.assert_close(thresholded[2], x0[2])
+
+
+# ---- the paper's own samplers, step by step -----------------------------------------
+
+
+class RecordingGaussianModel(ExactGaussianModel):
+    """The exact model, keeping every call's input, timestep index and noise prediction."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def forward(self, x, timesteps, y=None):
+        eps = super().forward(x, timesteps, y)
+        self.calls.append((x.clone(), float(timesteps[0]), eps.clone()))
+        return eps
+
+
+def run_registered(name, steps, model, diffusion, x_T):
+    flags = {**sampling_defaults(), "sampler": name, "timestep_respacing": str(steps)}
+    samplers.check_options(name, flags)
+    return samplers.get_sampler(name).run(model, diffusion, x_T.shape, model_kwargs={}, noise_source=GivenStart(x_T),
+                                          device=torch.device("cpu"), flags=flags)
+
+
+def coefficients_at(index, alphas_cumprod):
+    """(alpha, sigma, lambda) at a fractional ADM step index, log alpha linear between steps."""
+    log_alpha = np.interp(index, np.arange(len(alphas_cumprod)), 0.5 * np.log(alphas_cumprod))
+    alpha, sigma = math.exp(log_alpha), math.sqrt(-math.expm1(2 * log_alpha))
+    return alpha, sigma, math.log(alpha / sigma)
+
+
+def test_paper_dpm_solver_is_dpm_solver_2_in_noise_form_on_a_time_uniform_grid():
+    diffusion = diffusion_for()
+    model = RecordingGaussianModel(image_gaussian(), diffusion.alphas_cumprod)
+    steps, x_T = 10, start_noise(3, seed=5)
+    final = run_registered("paper_dpm_solver", steps, model, diffusion, x_T)
+
+    # Step i starts at t_i = 1 - i (1 - 1/N) / steps, ADM index (t_i - 1/N) N.
+    assert [index for _, index, _ in model.calls] == pytest.approx([(N - 1) * (1 - i / steps) for i in range(steps)])
+    (x0, i0, e0), (x1, i1, e1), (x2, i2, _) = model.calls[:3]
+    (a0, s0, l0), (a1, s1, l1), (a2, s2, l2) = (coefficients_at(i, diffusion.alphas_cumprod) for i in (i0, i1, i2))
+    # First step, DDIM in the noise form: x_1 = (a_1 / a_0) x_0 - s_1 (e^h - 1) eps_0.
+    torch.testing.assert_close(x1, a1 / a0 * x0 - s1 * math.expm1(l1 - l0) * e0, rtol=1e-12, atol=1e-12)
+    # Second step, multistep DPM-Solver-2: eps_1 + (eps_1 - eps_0) / (2 r), r = h_1 / h_2.
+    r = (l1 - l0) / (l2 - l1)
+    expected = a2 / a1 * x1 - s2 * math.expm1(l2 - l1) * (e1 + (e1 - e0) / (2 * r))
+    torch.testing.assert_close(x2, expected, rtol=1e-12, atol=1e-12)
+    assert len(model.calls) == steps and torch.isfinite(final).all()
+
+
+def test_paper_unipc_is_unipc_3_bh1_on_a_time_uniform_grid():
+    diffusion = diffusion_for()
+    model = RecordingGaussianModel(image_gaussian(), diffusion.alphas_cumprod)
+    steps, x_T = 12, start_noise(3, seed=6)
+    run_registered("paper_unipc", steps, model, diffusion, x_T)
+    assert [index for _, index, _ in model.calls] == pytest.approx([(N - 1) * (1 - i / steps) for i in range(steps)])
+    (x0, i0, e0), (x1_pred, i1, e1), (x2_pred, i2, _) = model.calls[:3]
+    (a0, s0, l0), (a1, s1, l1), (a2, s2, l2) = (coefficients_at(i, diffusion.alphas_cumprod) for i in (i0, i1, i2))
+    m0, m1 = (x0 - s0 * e0) / a0, (x1_pred - s1 * e1) / a1  # data predictions
+
+    # First step: the predictor is DDIM in the data form; the model sees its result.
+    z1 = -(l1 - l0)
+    ddim_1 = s1 / s0 * x0 - a1 * math.expm1(z1) * m0
+    torch.testing.assert_close(x1_pred, ddim_1, rtol=1e-12, atol=1e-12)
+    # UniC-1 corrects it with rho = 1/2 and bh1's B(h) = -h.
+    x1 = ddim_1 - a1 * z1 * 0.5 * (m1 - m0)
+    # Second step: UniP-2 from the corrected x_1, rho = 1/2 on D = (m_0 - m_1) / r, r = (l_0 - l_1) / h.
+    z2 = -(l2 - l1)
+    r = (l0 - l1) / (l2 - l1)
+    expected = s2 / s1 * x1 - a2 * math.expm1(z2) * m1 - a2 * z2 * 0.5 * (m0 - m1) / r
+    torch.testing.assert_close(x2_pred, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_lower_order_final_always_is_unipc_release_rule():
+    assert multistep_orders(12, 3, lower_order_final="always") == [1, 2] + [3] * 8 + [2, 1]
+    assert multistep_orders(12, 3, lower_order_final=True) == [1, 2] + [3] * 10
+    with pytest.raises(ValueError, match="lower_order_final"):
+        multistep_orders(12, 3, lower_order_final="sometimes")
+
+
+def test_noise_form_dpm_solver_converges_at_second_order():
+    data = image_gaussian()
+    schedule = DiscreteNoiseSchedule(alphas_cumprod())
+    x_T = start_noise(256, seed=2)
+    exact = exact_endpoint(data, schedule, x_T)
+    model = ExactGaussianModel(data, np.exp(2 * schedule.log_alpha_grid))
+    eps_fn = eps_model(model, ModelMeanType.EPSILON, schedule)
+    steps = [10, 20, 40]
+    errors = [mean_error(solve(sample_dpm_solver, eps_fn, x_T, schedule, s, 2, "logSNR"), exact) for s in steps]
+    slope = np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert errors[0] > errors[1] > errors[2] and slope < -1.4

@@ -303,6 +303,9 @@ def test_microbatches_give_the_gradient_of_the_batch_mean(tmp_path):
             self.inner = diffusion
             self.num_timesteps = diffusion.num_timesteps
 
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
         def training_losses(self, model, x, t, model_kwargs=None):
             return self.inner.training_losses(model, x, t, model_kwargs, noise=torch.sin(1000 * x))
 

@@ -6,6 +6,9 @@ The data are N(m, S) over (1, 2, 2) "images" (S with eigenvalues 0.02, 0.1,
 0.4, 0.9), the model is the exact noise predictor, and the reference is the
 closed-form ODE map from t = 1 to t = 1/N; the table gives the mean L2 error
 per sample at each number of model evaluations. DDIM is DPM-Solver++ of order 1.
+A second table runs every registered fast sampler (`--sampler` of image_sample.py)
+at its default settings, whatever --skip_type says, through the same code path as
+the sampling script: today's defaults against the paper's own samplers.
 """
 
 import argparse
@@ -14,12 +17,15 @@ import sys
 import numpy as np
 import torch
 
+from guided_diffusion import samplers
 from guided_diffusion.dpm_solver import sample_dpm_solver_pp
 from guided_diffusion.fast_samplers import data_prediction, eps_model, solve
-from guided_diffusion.gaussian_diffusion import ModelMeanType, get_named_beta_schedule
-from tests.gaussian_oracle import ExactGaussianModel, GaussianData
+from guided_diffusion.gaussian_diffusion import ModelMeanType
 from guided_diffusion.noise_schedule import SKIP_TYPES, DiscreteNoiseSchedule
+from guided_diffusion.sampling import sampling_defaults
+from guided_diffusion.script_util import create_gaussian_diffusion
 from guided_diffusion.unipc import VARIANTS, sample_unipc
+from tests.gaussian_oracle import ExactGaussianModel, GaussianData, GivenStart
 
 SOLVERS = [  # (label, solver, order, solver options)
     ("DDIM (DPM-Solver++ 1)", sample_dpm_solver_pp, 1, {}),
@@ -34,18 +40,24 @@ def gaussian_data(seed):
     return GaussianData(np.array([0.3, -0.5, 0.1, 0.6]), (covariance + covariance.T) / 2)
 
 
-def error_table(noise_schedule_name, skip_type, steps_list, num_samples, seed):
-    alphas_cumprod = np.cumprod(1.0 - get_named_beta_schedule(noise_schedule_name, 1000))
-    schedule = DiscreteNoiseSchedule(alphas_cumprod)
+def exact_problem(noise_schedule_name, num_samples, seed):
+    """(diffusion, its continuous-time schedule, the exact model, x_T, the exact ODE solution from x_T)."""
+    diffusion = create_gaussian_diffusion(steps=1000, noise_schedule=noise_schedule_name)
+    schedule = DiscreteNoiseSchedule(diffusion.alphas_cumprod)
     data = gaussian_data(seed)
-    model = ExactGaussianModel(data, alphas_cumprod)
-    data_fn = data_prediction(eps_model(model, ModelMeanType.EPSILON, schedule), schedule)
+    model = ExactGaussianModel(data, diffusion.alphas_cumprod)
     x_T = torch.randn(num_samples, 1, 2, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     exact = data.ode_map(
         x_T,
         (schedule.alpha(schedule.t_max), schedule.sigma(schedule.t_max)),
         (schedule.alpha(schedule.t_min), schedule.sigma(schedule.t_min)),
     )
+    return diffusion, schedule, model, x_T, exact
+
+
+def error_table(noise_schedule_name, skip_type, steps_list, num_samples, seed):
+    _, schedule, model, x_T, exact = exact_problem(noise_schedule_name, num_samples, seed)
+    data_fn = data_prediction(eps_model(model, ModelMeanType.EPSILON, schedule), schedule)
     rows = []
     for label, solver, order, options in SOLVERS:
         errors = []
@@ -54,6 +66,31 @@ def error_table(noise_schedule_name, skip_type, steps_list, num_samples, seed):
             errors.append((x - exact).flatten(1).norm(dim=1).mean().item())
         rows.append((label, errors))
     return rows
+
+
+def registered_sampler_table(noise_schedule_name, steps_list, num_samples, seed):
+    """Rows for every registered sampler that runs on the unspaced process (the fast ones), at default flags."""
+    diffusion, _, model, x_T, exact = exact_problem(noise_schedule_name, num_samples, seed)
+    rows = []
+    for name in samplers.sampler_names():
+        sampler = samplers.get_sampler(name)
+        if sampler.respaced:
+            continue
+        errors = []
+        for steps in steps_list:
+            flags = {**sampling_defaults(), "sampler": name, "timestep_respacing": "", "sampling_steps": steps}
+            x = sampler.run(model, diffusion, x_T.shape, model_kwargs={}, noise_source=GivenStart(x_T),
+                            device=torch.device("cpu"), flags=flags)
+            errors.append((x - exact).flatten(1).norm(dim=1).mean().item())
+        rows.append((f"--sampler {name}", errors))
+    return rows
+
+
+def print_table(rows, steps_list):
+    width = max(len(label) for label, _ in rows)
+    print(f"{'sampler':<{width}} " + " ".join(f"{f'NFE={s}':>10}" for s in steps_list))
+    for label, errors in rows:
+        print(f"{label:<{width}} " + " ".join(f"{e:10.2e}" for e in errors))
 
 
 def parse_steps(text):
@@ -80,10 +117,9 @@ def main(argv=None):
     rows = error_table(args.noise_schedule, args.skip_type, args.steps, args.num_samples, args.seed)
     print(f"mean L2 error vs exact ODE solution; {args.noise_schedule} schedule, {args.skip_type} steps, "
           f"{args.num_samples} samples of 4-D Gaussian data")
-    width = max(len(label) for label, _ in rows)
-    print(f"{'sampler':<{width}} " + " ".join(f"{f'NFE={s}':>10}" for s in args.steps))
-    for label, errors in rows:
-        print(f"{label:<{width}} " + " ".join(f"{e:10.2e}" for e in errors))
+    print_table(rows, args.steps)
+    print(f"\nthe registered fast samplers at their default settings; {args.noise_schedule} schedule")
+    print_table(registered_sampler_table(args.noise_schedule, args.steps, args.num_samples, args.seed), args.steps)
     return 0
 
 

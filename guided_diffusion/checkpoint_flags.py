@@ -1,0 +1,85 @@
+"""The flags a checkpoint was trained with, as its manifest records them, against the flags given now.
+
+Sampling takes the model and diffusion flags of the manifest beside --model_path
+as its defaults, so a checkpoint samples without its architecture flags; a flag
+given (on the command line or in --config) that contradicts the manifest is
+refused in one line. A resumed training run says when its loss weighting is not
+the checkpoint's.
+"""
+
+import blobfile as bf
+
+from . import checkpoint, weighting
+from .script_util import model_and_diffusion_defaults
+
+# Model and diffusion flags that are choices of the sampling run, not facts about the checkpoint.
+SAMPLING_CHOICES = ("timestep_respacing", "use_fp16")
+# Training-only flags that change nothing in sampling: given differently, they are not a contradiction.
+NOT_COMPARED = ("use_checkpoint", "dropout")
+
+
+def manifest_model_flags(manifest):
+    """The model and diffusion flags the manifest records, less the sampling choices; {} without a manifest."""
+    recorded = (manifest or {}).get("flags") or {}
+    keys = set(model_and_diffusion_defaults()) - set(SAMPLING_CHOICES)
+    return {key: value for key, value in recorded.items() if key in keys}
+
+
+def _same(given, recorded):
+    if isinstance(given, bool) or isinstance(recorded, bool):
+        return given is recorded
+    if isinstance(given, (int, float)) and isinstance(recorded, (int, float)):
+        return float(given) == float(recorded)
+    return str(given) == str(recorded)
+
+
+def flags_with_manifest(flags, given, manifest, source):
+    """`flags` with the manifest's model and diffusion flags where none was given.
+
+    `given` names the flags set on the command line or in --config; one of them
+    that contradicts the manifest raises ValueError naming `source` (the manifest).
+    """
+    recorded = manifest_model_flags(manifest)
+    contradictions = [
+        f"--{key} {flags[key]} (trained with {recorded[key]})"
+        for key in sorted(recorded)
+        if key in given and key not in NOT_COMPARED and not _same(flags[key], recorded[key])
+    ]
+    if contradictions:
+        raise ValueError(
+            f"{'; '.join(contradictions)}: the checkpoint's manifest {source} says otherwise; "
+            "drop the flag to use the trained value"
+        )
+    return {**flags, **{key: value for key, value in recorded.items() if key not in given}}
+
+
+def weighting_change(recorded_flags, flags):
+    """The line saying that a resumed run trains another weighting than its checkpoint did, or None.
+
+    Compared: the schedule, its weight space and, when the schedule is the same, its parameters.
+    """
+    recorded_flags = recorded_flags or {}
+    keys = ["weight_schedule", "weight_space"]
+    if recorded_flags.get("weight_schedule") == flags["weight_schedule"]:
+        keys += list(weighting.schedule_parameters(flags["weight_schedule"]))
+    changed = [key for key in keys if key in recorded_flags and not _same(recorded_flags[key], flags[key])]
+    if not changed:
+        return None
+    return "resuming with another loss weighting than the checkpoint was trained with: " + ", ".join(
+        f"--{key} {flags[key]} (checkpoint: {recorded_flags[key]})" for key in changed
+    )
+
+
+def sampling_flags(flags, given):
+    """The flags of a sampling command line, completed from the manifest beside --model_path when there is one.
+
+    A schedule parameter given without its schedule is refused as in training.
+    """
+    model_path = flags.get("model_path") or ""
+    step = checkpoint.step_of_checkpoint_file(model_path) if model_path else None
+    manifest = checkpoint.manifest_beside(model_path) if step is not None else None
+    if manifest is not None:
+        source = bf.join(bf.dirname(model_path), checkpoint.manifest_filename(step))
+        flags = flags_with_manifest(flags, given, manifest, source)
+    weighting.check_given_parameters(flags["weight_schedule"], given)
+    return flags
