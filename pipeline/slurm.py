@@ -187,7 +187,8 @@ def job_script(stage, layout, python, out_dir, work_dir):
     if _is_training(stage) and layout.ranks != "mpiexec":
         body += [
             "# Rank 0 and the rendezvous live on the job's first node.",
-            'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+            'hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+            "head_node=${hosts%%$'\\n'*}",  # no `| head`: its early exit would fail the pipe under pipefail
             f"rendezvous_port=$(({_PORT_BASE} + SLURM_JOB_ID % {_PORT_SPAN}))",
         ]
         if layout.ranks == "srun":
