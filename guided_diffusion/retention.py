@@ -47,7 +47,7 @@ def prune_checkpoints(log_dir, keep_checkpoints, keep_every=0):
     """Delete the sets of `log_dir` that the retention flags do not keep; returns their steps."""
     if keep_checkpoints <= 0 or not bf.isdir(log_dir):
         return []
-    names = bf.listdir(log_dir)
+    names = list(bf.listdir(log_dir))
     sets = {int(m.group(1)): _complete(log_dir, name) for name in names if (m := _MANIFEST_RE.match(name))}
     doomed = steps_to_delete(sets, keep_checkpoints, keep_every)
     for step in doomed:
