@@ -1,8 +1,8 @@
-"""Process-group setup for one process, `mpiexec -n N`, or `torchrun --nproc_per_node N`.
+"""Process-group setup for one process, `mpiexec -n N`, `torchrun --nproc_per_node N` or `srun`.
 
 API (every helper also works before `setup_dist()` or after `cleanup()`, as one process):
 
-- `setup_dist(backend=None)`: join the job's process group; idempotent. The launcher is
+- `setup_dist(backend=None, device="")`: join the job's process group; idempotent. The launcher is
   detected from the environment:
     * torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
     * MPI (mpich/Intel MPI: PMI_RANK/PMI_SIZE; Open MPI: OMPI_COMM_WORLD_RANK/SIZE; PMIx:

@@ -31,16 +31,8 @@ def main(argv=None):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     try:
-        counts = reproduce(
-            args.plan,
-            dry_run=args.dry_run,
-            jobs=args.jobs,
-            root=args.root,
-            only=args.only,
-            launcher=args.launcher,
-            nodes=args.nodes,
-            gpus_per_node=args.gpus_per_node,
-        )
+        options = ("dry_run", "jobs", "root", "only", "launcher", "nodes", "gpus_per_node")
+        counts = reproduce(args.plan, **{name: getattr(args, name) for name in options})
     except (PlanError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
