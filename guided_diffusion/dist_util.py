@@ -1,21 +1,27 @@
-"""Process-group setup for one process, `mpiexec -n N`, or `torchrun --nproc_per_node N`.
+"""Process-group setup for one process, `mpiexec -n N`, `torchrun --nproc_per_node N` or `srun`.
 
 API (every helper also works before `setup_dist()` or after `cleanup()`, as one process):
 
-- `setup_dist(backend=None)`: join the job's process group; idempotent. The launcher is
+- `setup_dist(backend=None, device="")`: join the job's process group; idempotent. The launcher is
   detected from the environment:
     * torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
     * MPI (mpich/Intel MPI: PMI_RANK/PMI_SIZE; Open MPI: OMPI_COMM_WORLD_RANK/SIZE; PMIx:
       PMIX_RANK; MVAPICH: MV2_COMM_WORLD_RANK): mpi4py is imported only then; rank 0
       broadcasts its address (MASTER_ADDR if set, else its hostname's) and a free port, and the local rank comes from the ranks
       sharing this node;
+    * srun launching the ranks itself: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, with
+      MASTER_ADDR and MASTER_PORT (the job's first node) naming where rank 0 listens;
     * otherwise a single process, which still gets a one-member group on a free local
       port so that collective code paths (DDP, all_reduce) run unchanged.
   The backend is NCCL when CUDA is available (one GPU per local rank, selected with
-  `torch.cuda.set_device`) and gloo otherwise.
+  `torch.cuda.set_device`) and gloo otherwise. `device` is --device: "cuda" requires a
+  GPU, "cpu" never uses one, "" uses one when available; a rank that must have a GPU
+  (asked for, or allocated by SLURM) and sees none raises `device_health.DeviceError`,
+  one line naming its host, before it joins the group.
+- `device_report()`: this rank's start-up line (host, device name and memory, backend).
 - `dev()`: this rank's device (its GPU, or the CPU).
 - `get_rank()`, `get_world_size()`, `get_local_rank()`, `is_main()` (rank 0),
-  `launcher()` ("torchrun", "mpi" or "single").
+  `launcher()` ("torchrun", "mpi", "slurm" or "single").
 - `barrier()`: wait for every rank.
 - `sync_params(params)`: overwrite every rank's tensors with rank 0's.
 - `broadcast_object(obj)`: rank 0's picklable `obj` on every rank.
@@ -38,17 +44,21 @@ import blobfile as bf
 import torch
 import torch.distributed as dist
 
+from . import device_health
+
 # Broadcast large files in pieces: a single multi-GB message overflows some transports.
 _BROADCAST_CHUNK_BYTES = 1 << 28
 
 _MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# Checked after MPI: mpiexec inside a SLURM allocation leaves the batch step's SLURM_PROCID in every rank.
+_SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "MASTER_ADDR", "MASTER_PORT")
 
-_state = {"launcher": None, "local_rank": 0}
+_state = {"launcher": None, "local_rank": 0, "cuda": None, "report": None}
 
 
 def launcher():
-    """How this job was started: "torchrun", "mpi" or "single" (None before `setup_dist`)."""
+    """How this job was started: "torchrun", "mpi", "slurm" or "single" (None before `setup_dist`)."""
     return _state["launcher"]
 
 
@@ -58,7 +68,16 @@ def detect_launcher(environ=None):
         return "torchrun"
     if any(k in environ for k in _MPI_RANK_VARS):
         return "mpi"
+    if all(k in environ for k in _SLURM_VARS):
+        return "slurm"
     return "single"
+
+
+def slurm_ranks(environ):
+    """rank, world size, local rank and the init URL of a rank that srun started directly."""
+    rank, world_size = int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"])
+    local_rank = int(environ["SLURM_LOCALID"])
+    return rank, world_size, local_rank, f"tcp://{environ['MASTER_ADDR']}:{environ['MASTER_PORT']}"
 
 
 def _free_port():
@@ -85,7 +104,7 @@ def _mpi_rendezvous():
     return rank, world_size, local_rank, f"tcp://{host}:{port}"
 
 
-def setup_dist(backend=None):
+def setup_dist(backend=None, device=""):
     """Join the process group of however this job was launched (see the module docstring)."""
     if dist.is_initialized():
         return
@@ -97,22 +116,34 @@ def setup_dist(backend=None):
         init_method = "env://"
     elif kind == "mpi":
         rank, world_size, local_rank, init_method = _mpi_rendezvous()
+    elif kind == "slurm":
+        rank, world_size, local_rank, init_method = slurm_ranks(os.environ)
     else:
         rank, world_size, local_rank = 0, 1, 0
         init_method = f"tcp://127.0.0.1:{_free_port()}"
+    cuda = device_health.use_cuda(device, rank, os.environ)
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
+        backend = "nccl" if cuda else "gloo"
+    if cuda:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
-    _state["launcher"] = kind
-    _state["local_rank"] = local_rank
+    _state.update(launcher=kind, local_rank=local_rank, cuda=cuda)
+    _state["report"] = device_health.describe(rank, world_size, local_rank, dev(), backend, kind)
+
+
+def _cuda():
+    return torch.cuda.is_available() if _state["cuda"] is None else _state["cuda"]
 
 
 def dev():
-    if torch.cuda.is_available():
+    if _cuda():
         return torch.device("cuda", _state["local_rank"] % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def device_report():
+    """This rank's start-up line (see `device_health.describe`); a plain description before `setup_dist`."""
+    return _state["report"] or device_health.describe(0, 1, 0, dev(), "none", "single")
 
 
 def get_rank():
@@ -217,8 +248,7 @@ def load_state_dict(path, map_location=None, weights_only=True):
 def cleanup():
     if dist.is_initialized():
         dist.destroy_process_group()
-    _state["launcher"] = None
-    _state["local_rank"] = 0
+    _state.update(launcher=None, local_rank=0, cuda=None, report=None)
 
 
 def abort(exit_code=1):

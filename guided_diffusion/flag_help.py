@@ -65,6 +65,9 @@ TRAINING_HELP = dict(
     num_workers="DataLoader worker processes per rank",
     random_crop="random crops instead of centre crops",
     random_flip="random horizontal flips",
+    keep_checkpoints="keep only the newest K complete checkpoint sets (0: keep all, as ADM)",
+    keep_every="with --keep_checkpoints, also keep every set whose step is a multiple of this (0: none)",
+    device="cuda or cpu; empty picks cuda when available (a rank without the GPU it needs stops the job)",
 )
 
 SAMPLING_HELP = dict(
@@ -79,6 +82,9 @@ SAMPLING_HELP = dict(
     sample_dir="P2's and the paper's name for --out_dir",
     png="also write png/{index:06d}.png",
     precision=f"{', '.join(PRECISIONS)}; default fp32, or fp16 with --use_fp16 True on a device with fast float16",
+    device="cuda or cpu; empty picks cuda when available (a rank without the GPU it needs stops the job)",
+    shard="this task's share of the indices, 0 .. --num_shards - 1 (SLURM array tasks)",
+    num_shards="independent tasks sampling into one --out_dir; the last to finish merges",
 )
 
 

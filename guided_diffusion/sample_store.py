@@ -11,6 +11,7 @@ and around what is already on disk, so any interrupted run can be completed
 by sampling only the missing indices.
 """
 
+import contextlib
 import datetime
 import itertools
 import json
@@ -61,6 +62,11 @@ def plan_batches(num_samples, batch_size, done_ranges):
         for run in np.split(missing, breaks):
             batches.append((int(run[0]), int(run[-1])))
     return batches
+
+
+def shard_batches(batches, batch_size, shard, num_shards):
+    """The batches of `shard` out of `num_shards`: those in grid cells k = first // batch_size with k % num_shards == shard."""
+    return [(first, last) for first, last in batches if (first // batch_size) % num_shards == shard]
 
 
 def batch_file_name(first, last):
@@ -203,8 +209,12 @@ def make_out_dir(out_dir):
 
 
 def remove_other_merges(out_dir, keep_path):
-    """Drop merged npz files of an earlier --num_samples: one run directory holds one merged result."""
+    """Drop merged npz files of an earlier --num_samples: one run directory holds one merged result.
+
+    Two shards merging at once may both get here; a file the other already removed is fine.
+    """
     for name in os.listdir(out_dir):
         path = os.path.join(out_dir, name)
-        if SAMPLES_FILE_PATTERN.match(name) and not os.path.samefile(path, keep_path):
-            os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            if SAMPLES_FILE_PATTERN.match(name) and not os.path.samefile(path, keep_path):
+                os.unlink(path)

@@ -17,6 +17,13 @@ read them instead of re-deriving them.
 
 A re-run finds the sample indices that no batch file holds (whatever batch
 size wrote the others) and samples only those, cut on its own grid.
+
+`--shard i --num_shards n` (a SLURM array task, say) takes only the grid
+batches k with k % n == i, with no collective between shards; the shard
+that finds every index on disk when it ends merges. Shards finishing
+together may both merge: the merge is deterministic and lands by atomic
+rename, so the npz has the same bytes either way, and the same bytes as
+one job's.
 """
 
 import datetime
@@ -50,6 +57,7 @@ from .sample_store import (
     remove_other_merges,
     samples_file_name,
     scan_batch_files,
+    shard_batches,
     write_batch_file,
     write_pngs,
 )
@@ -99,6 +107,9 @@ def sampling_defaults():
         sample_dir="",
         png=False,
         precision="",
+        shard=0,
+        num_shards=1,
+        device="",
         **samplers.SAMPLER_OPTION_DEFAULTS,
     )
 
@@ -164,6 +175,8 @@ def validate_flags(flags, device_type=None):
         raise ValueError(f"--batch_size must be at least 1, got {flags['batch_size']}")
     if flags["seed"] < 0:
         raise ValueError(f"--seed must be non-negative, got {flags['seed']}")
+    if flags["num_shards"] < 1 or not 0 <= flags["shard"] < flags["num_shards"]:
+        raise ValueError(f"--shard {flags['shard']} --num_shards {flags['num_shards']}: expected 0 <= shard < num_shards")
     flags["sampler"] = resolve_sampler(flags)
     flags["use_ddim"] = flags["sampler"] == "ddim"
     flags["precision"] = resolve_precision(flags["precision"], flags["use_fp16"], device_type)
@@ -325,8 +338,9 @@ def sample_to_dir(flags, progress=True):
     """Sample `flags["num_samples"]` images into `flags["out_dir"]` on every rank of the job; see the module docstring.
 
     Call on every rank (after dist_util.setup_dist() for several). Returns, on
-    every rank, a dict with `npz` (the merged file's path, set on rank 0 only),
-    `images_sampled` (by all ranks in this call) and `seconds`.
+    every rank, a dict with `npz` (the merged file's path, set on rank 0 only, and
+    only once every index is on disk), `images_sampled` (by all ranks in this
+    call), `seconds` and `images_missing` (indices other shards still owe).
     """
     device = dist_util.dev()
     given = flags
@@ -337,6 +351,9 @@ def sample_to_dir(flags, progress=True):
     out_dir = flags["out_dir"]
     batch_dir = os.path.join(out_dir, BATCH_DIR)
     world_size, rank = dist_util.get_world_size(), dist_util.get_rank()
+    reports = dist_util.all_gather_object(dist_util.device_report())
+    if dist_util.is_main():
+        print("\n".join(reports), flush=True)
 
     def check_paths():
         if not bf.exists(flags["model_path"]):
@@ -352,7 +369,12 @@ def sample_to_dir(flags, progress=True):
         return dict(sha256=sha256, done=[[first, last] for first, last, _ in scan_batch_files(batch_dir)])
 
     state = _main_then_share(claim_and_scan)
-    planned = plan_batches(flags["num_samples"], flags["batch_size"], state["done"])
+    planned = shard_batches(
+        plan_batches(flags["num_samples"], flags["batch_size"], state["done"]),
+        flags["batch_size"],
+        flags["shard"],
+        flags["num_shards"],
+    )
     mine = planned[rank::world_size]
     images_planned = sum(last - first + 1 for first, last in planned)
 
@@ -404,9 +426,13 @@ def sample_to_dir(flags, progress=True):
     bar.close()
     sample_seconds = time.time() - start
 
-    result = dict(npz=None, images_sampled=images_planned, seconds=sample_seconds)
+    result = dict(npz=None, images_sampled=images_planned, seconds=sample_seconds, images_missing=0)
     if dist_util.is_main():
-        result["npz"] = finish(flags, state["sha256"], world_size, images_planned, sample_seconds)
+        if flags["num_shards"] > 1:
+            done = [(first, last) for first, last, _ in scan_batch_files(batch_dir)]
+            result["images_missing"] = sum(last - first + 1 for first, last in plan_batches(flags["num_samples"], flags["batch_size"], done))
+        if not result["images_missing"]:
+            result["npz"] = finish(flags, state["sha256"], world_size, images_planned, sample_seconds)
     return result
 
 

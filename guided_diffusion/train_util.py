@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import dist_util, logger
+from . import dist_util, logger, preemption
 from .checkpoint import (
     CheckpointError,
     check_state_dict,
@@ -32,6 +32,7 @@ from .fp16_util import MixedPrecisionTrainer, fp16_fallback_note, resolve_precis
 from .image_datasets import load_data, shard_digest
 from .nn import update_ema
 from .resample import LossAwareSampler, UniformSampler, create_named_schedule_sampler
+from .retention import check_retention_flags, prune_checkpoints
 from .script_util import create_model_and_diffusion, model_and_diffusion_defaults
 from .timestep_metrics import TimestepBinErrors
 from .weighting import check_given_parameters
@@ -44,7 +45,8 @@ class TrainingError(RuntimeError):
 
 
 def training_defaults():
-    """ADM's image_train flags, plus max_steps, log_dir, precision, seed, num_workers and the crop/flip options."""
+    """ADM's image_train flags, plus max_steps, log_dir, precision, seed, num_workers, the crop/flip options,
+    checkpoint retention and the device."""
     return dict(
         data_dir="",
         log_dir="",
@@ -66,6 +68,9 @@ def training_defaults():
         num_workers=1,
         random_crop=False,
         random_flip=True,
+        keep_checkpoints=0,
+        keep_every=0,
+        device="",
     )
 
 
@@ -140,6 +145,9 @@ class TrainLoop:
         flags=None,
         seed=None,
         max_consecutive_nonfinite=MAX_CONSECUTIVE_NONFINITE,
+        keep_checkpoints=0,
+        keep_every=0,
+        stop_signals=None,
     ):
         if batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, got {batch_size}")
@@ -151,6 +159,7 @@ class TrainLoop:
         for name, value in (("max_steps", max_steps), ("lr_anneal_steps", lr_anneal_steps)):
             if value < 0:
                 raise ValueError(f"--{name} must be 0 (no limit) or positive, got {value}")
+        check_retention_flags(keep_checkpoints, keep_every)
         self.model = model
         self.diffusion = diffusion
         self.data = data
@@ -170,6 +179,11 @@ class TrainLoop:
         self.log_dir = log_dir or logger.get_dir()
         self.flags = dict(flags or {})
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.keep_checkpoints = keep_checkpoints
+        self.keep_every = keep_every
+        # A preemption.StopSignals (or anything with `requested`): checked by all ranks at every step boundary.
+        self.stop_signals = stop_signals
+        self.stopped_by_signal = False
         self.world_size = dist_util.get_world_size()
         self.global_batch = batch_size * self.world_size
 
@@ -272,6 +286,10 @@ class TrainLoop:
                 self.log_interval_stats()
             if self.step % self.save_interval == 0:
                 self.save()
+            if self.stop_signals is not None and preemption.any_rank_requested(self.stop_signals):
+                self.stopped_by_signal = True
+                logger.log(f"stopping at step {self.step}: a rank received {self.stop_signals.signal_name or 'a stop signal'}")
+                break
         if self._interval_steps:
             self.log_interval_stats()
         if self._last_saved_step != self.step:
@@ -415,6 +433,9 @@ class TrainLoop:
                 manifest=manifest,
             )
             logger.log(f"saved checkpoint {path}; parameters identical on {self.world_size} rank(s): sha1 {digest}")
+            deleted = prune_checkpoints(self.log_dir, self.keep_checkpoints, self.keep_every)
+            if deleted:
+                logger.log(f"deleted checkpoint set(s) at step(s) {', '.join(map(str, deleted))} (--keep_checkpoints {self.keep_checkpoints}, --keep_every {self.keep_every})")
             logger.sync()
         dist_util.barrier()
         self._last_saved_step = self.step
@@ -436,18 +457,23 @@ def train(flags, given=()):
     rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
     log_dir = dist_util.broadcast_object(flags["log_dir"] or logger.default_log_dir())
     logger.configure(log_dir, rank=rank)
+    # Installed before the data loader forks its workers, so that they inherit the handler instead of dying.
     try:
-        return _train(flags, log_dir, rank, world_size, parameters_note)
+        with preemption.StopSignals() as stop_signals:
+            return _train(flags, log_dir, rank, world_size, parameters_note, stop_signals)
     finally:
         logger.close()
 
 
-def _train(flags, log_dir, rank, world_size, parameters_note):
+def _train(flags, log_dir, rank, world_size, parameters_note, stop_signals):
     precision = resolve_precision(flags["precision"], flags["use_fp16"], dist_util.dev().type)
     parse_ema_rates(flags["ema_rate"])
+    check_retention_flags(flags["keep_checkpoints"], flags["keep_every"])
     for note in (parameters_note, fp16_fallback_note(flags["precision"], flags["use_fp16"], precision)):
         if note:
             logger.log(note)
+    for line in dist_util.all_gather_object(dist_util.device_report()):
+        logger.log(line)
     logger.log(
         f"training in {log_dir} on {world_size} rank(s) ({dist_util.launcher() or 'no process group'}, "
         f"{dist_util.dev()}), batch {flags['batch_size']} per rank = {flags['batch_size'] * world_size} in all, "
@@ -496,6 +522,9 @@ def _train(flags, log_dir, rank, world_size, parameters_note):
         log_dir=log_dir,
         flags=flags,
         seed=flags["seed"],
+        keep_checkpoints=flags["keep_checkpoints"],
+        keep_every=flags["keep_every"],
+        stop_signals=stop_signals,
     )
     loop.run_loop()
     return loop

@@ -1,7 +1,6 @@
-"""Launchers: how one stage's command becomes processes (one, mpiexec, torchrun) or a Slurm job."""
+"""Launchers: how one stage's command becomes processes (one, mpiexec, torchrun); slurm.py writes SLURM jobs."""
 
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -21,77 +20,50 @@ def stage_environment(threads=None):
     return env
 
 
-def _mpiexec():
+def mpiexec():
     # The mpich wheel installs mpiexec beside the interpreter; a system one works too.
     beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     return beside if os.path.exists(beside) else (shutil.which("mpiexec") or "mpiexec")
 
 
+def with_flag(argv, flag, value):
+    """`argv` with `flag` set to `value`: replaced where given, appended otherwise."""
+    argv = list(argv)
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+    return argv
+
+
+def per_rank_argv(stage, world_size, layout=""):
+    """The stage's arguments on `world_size` ranks: training gets the --batch_size that keeps its global batch.
+
+    `layout` describes where the rank count comes from, for the error.
+    """
+    if stage.global_batch is None:
+        return list(stage.argv)
+    if stage.global_batch % world_size:
+        raise ValueError(
+            f"{stage.name}: {layout}{world_size} rank(s) cannot keep the global batch of {stage.global_batch} "
+            f"(--batch_size x [plan] nproc); use a rank count that divides {stage.global_batch}"
+        )
+    return with_flag(stage.argv, "--batch_size", str(stage.global_batch // world_size))
+
+
 def command(stage, launcher, nproc, python=None):
     """The argv that runs `stage` under `launcher` with `nproc` processes for distributed stages."""
+    if launcher not in ("local", "mpiexec", "torchrun"):
+        raise ValueError(f"launcher {launcher!r} runs no processes here; expected local, mpiexec or torchrun (slurm writes jobs)")
     python = python or sys.executable
-    if not stage.distributed or launcher == "local" or nproc == 1:
-        return [python] + stage.argv
+    several = stage.distributed and launcher != "local" and nproc > 1
+    argv = per_rank_argv(stage, nproc if several else 1)
+    if not several:
+        return [python] + argv
     if launcher == "mpiexec":
-        return [_mpiexec(), "-n", str(nproc), python] + stage.argv
-    if launcher in ("torchrun", "slurm"):
-        return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] + stage.argv
-    raise ValueError(f"unknown launcher {launcher!r}; expected local, mpiexec, torchrun or slurm")
+        return [mpiexec(), "-n", str(nproc), python] + argv
+    return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] + argv
 
 
 def shell_line(argv):
     return " ".join(shlex.quote(a) for a in argv)
-
-
-def _job_name(stage_name):
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stage_name)
-
-
-def write_slurm_scripts(stages, pending, plan, out_dir, repo_dir):
-    """One sbatch script per pending stage and a submit script chaining them with afterok dependencies.
-
-    Returns the path of the submit script.
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    options = dict(plan.slurm)
-    gpus = options.pop("gpus_per_node", plan.nproc)
-    lines = [
-        "#!/usr/bin/env bash",
-        "# Submits every unfinished stage of the plan, each after the stages it needs.",
-        "set -euo pipefail",
-        f"cd {shlex.quote(os.path.abspath(out_dir))}",
-    ]
-    variables = {}
-    for stage in stages:
-        if stage.name not in pending:
-            continue
-        job = _job_name(stage.name)
-        script = os.path.join(out_dir, job + ".sbatch")
-        header = [
-            "#!/usr/bin/env bash",
-            f"#SBATCH --job-name={job}",
-            f"#SBATCH --output={os.path.abspath(os.path.join(out_dir, job + '.%j.log'))}",
-            "#SBATCH --nodes=1",
-        ]
-        if stage.distributed:
-            header.append(f"#SBATCH --gpus-per-node={gpus}")
-        header += [f"#SBATCH --{key.replace('_', '-')}={value}" for key, value in options.items()]
-        body = [
-            "set -euo pipefail",
-            f"cd {shlex.quote(os.path.abspath(repo_dir))}",
-            f"export PYTHONPATH={shlex.quote(REPO_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}",
-            shell_line(command(stage, "slurm", plan.nproc, python="python")),
-        ]
-        with open(script, "w") as f:
-            f.write("\n".join(header + ["", *body]) + "\n")
-        after = [variables[d] for d in stage.deps if d in variables]
-        dependency = f"--dependency=afterok:{':'.join('$' + v for v in after)} " if after else ""
-        var = "JOB_" + re.sub(r"[^A-Za-z0-9]", "_", stage.name).upper()
-        variables[stage.name] = var
-        lines.append(f"{var}=$(sbatch --parsable {dependency}{shlex.quote(os.path.basename(script))})")
-        lines.append(f'echo "{stage.name}: job ${var}"')
-    submit = os.path.join(out_dir, "submit.sh")
-    with open(submit, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.chmod(submit, 0o755)
-    return submit

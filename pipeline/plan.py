@@ -246,6 +246,13 @@ def load_plan(path, root=None):
             raise PlanError(
                 f"{where}: iterations {unsaved} are not multiples of save_interval {save_interval}, so no checkpoint exists there"
             )
+        keep, every = int(train.get("keep_checkpoints", 0)), int(train.get("keep_every", 0))
+        pruned = [it for it in iterations if keep > 0 and it != max_steps and (every <= 0 or it % every)]
+        if pruned:
+            raise PlanError(
+                f"{where}: keep_checkpoints {keep} would delete the checkpoints of iterations {pruned} before they are "
+                f"sampled; set keep_every to a divisor of them"
+            )
         train = {**train, "max_steps": max_steps, "save_interval": save_interval}
         datasets.append(
             DatasetPlan(

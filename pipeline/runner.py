@@ -30,15 +30,16 @@ def pending_stages(stages):
     return [s.name for s in stages if not s.is_done(by_name)]
 
 
-def describe(stages, plan, stream=sys.stdout):
-    """The --dry-run listing: every stage, whether it is done, and its command."""
+def describe(stages, plan, stream=sys.stdout, line=None):
+    """The --dry-run listing: every stage, whether it is done, and its command (`line(stage)`, shell text)."""
+    line = line or (lambda stage: launch.shell_line(launch.command(stage, plan.launcher, plan.nproc)))
     by_name = {s.name: s for s in stages}
     counts = {}
     for stage in stages:
         counts[stage.kind] = counts.get(stage.kind, 0) + 1
         state = "done   " if stage.is_done(by_name) else "pending"
         print(f"[{state}] {stage.name}", file=stream)
-        print(f"    {launch.shell_line(launch.command(stage, plan.launcher, plan.nproc))}", file=stream)
+        print(f"    {line(stage)}", file=stream)
     summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     print(f"{len(stages)} stages: {summary}", file=stream)
     return counts

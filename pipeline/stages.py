@@ -41,6 +41,8 @@ class Stage:
     deps: list = dataclasses.field(default_factory=list)
     distributed: bool = False  # launched through the plan's launcher (several processes)
     log: str = ""
+    # Training: images per step over all ranks; the launcher sets --batch_size to it over its rank count.
+    global_batch: int | None = None
 
     def newest_input_mtime(self, stages_by_name):
         times = [
@@ -71,14 +73,17 @@ def _ema_checkpoint(run_dir, step, rate):
     return os.path.join(run_dir, ema_filename(rate, step))
 
 
+def _train_setting(ds, key):
+    """A training flag of the dataset's runs: the plan's [train], else the dataset config's, else the default."""
+    if key in ds.train:
+        return ds.train[key]
+    config = load_config(ds.config, image_train_defaults(), sections=("model", "diffusion", "train"))
+    return config.get(key, image_train_defaults()[key])
+
+
 def _ema_rate(ds):
     """The first EMA rate the training runs use: samples come from that EMA, as in the paper."""
-    rates = ds.train.get("ema_rate")
-    if rates is None:
-        rates = load_config(ds.config, image_train_defaults(), sections=("model", "diffusion", "train")).get(
-            "ema_rate", image_train_defaults()["ema_rate"]
-        )
-    return str(rates).split(",")[0].strip()
+    return str(_train_setting(ds, "ema_rate")).split(",")[0].strip()
 
 
 def expand(plan):
@@ -119,6 +124,8 @@ def expand(plan):
             ref_deps = [f"ref/{ds.name}"]
 
         ema_rate = _ema_rate(ds)
+        # The plan's --batch_size is per rank for [plan] nproc ranks (the paper's 1 x 8 = 8).
+        global_batch = int(_train_setting(ds, "batch_size")) * plan.nproc
         entry = index[ds.name] = {
             "config": ds.config,
             "data_dir": ds.data_dir,
@@ -145,6 +152,7 @@ def expand(plan):
                     outputs=[_ema_checkpoint(run_dir, it, ema_rate) for it in ds.iterations],
                     deps=list(data_deps),
                     distributed=True,
+                    global_batch=global_batch,
                 )
             )
             entry["train"][run.name] = (train_name, _ema_checkpoint(run_dir, max(ds.iterations), ema_rate))

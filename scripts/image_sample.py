@@ -4,14 +4,16 @@
         --model_path runs/ffhq/debias/ema_0.9999_500000.pt --timestep_respacing 100 \
         --num_samples 50000 --out_dir samples/ffhq/debias/T100
 
-Works the same under `torchrun --nproc_per_node 8` and as one plain process.
+Works the same under `torchrun --nproc_per_node 8`, `srun` and as one plain process, and as
+`--shard i --num_shards n` array tasks into one --out_dir. SIGTERM or SIGUSR1 ends it with exit
+75 (requeue me) and only complete batch files on disk; a re-run samples what is missing.
 A checkpoint trained here needs no model flags: those saved beside it are the defaults.
 See the README's "Sampling" section for the flags and the layout of --out_dir.
 """
 
 import sys
 
-from guided_diffusion import checkpoint_flags, dist_util, flag_help, sampling
+from guided_diffusion import checkpoint_flags, dist_util, flag_help, preemption, sampling
 from guided_diffusion.script_util import create_argparser, parse_flags_and_given
 
 
@@ -30,8 +32,19 @@ def parse_flags(argv):
 def main(argv=None):
     try:
         flags = checkpoint_flags.sampling_flags(*parse_command_line(sys.argv[1:] if argv is None else argv))
-        dist_util.setup_dist()
-        result = sampling.sample_to_dir(flags)
+        dist_util.setup_dist(device=flags["device"])
+        with preemption.raise_on_stop_signals():
+            result = sampling.sample_to_dir(flags)
+    except preemption.StopRequested as stop:
+        print(
+            f"image_sample.py: stopped by {stop.signal_name}; every batch file on disk is complete, a re-run samples "
+            f"the rest (exit {preemption.REQUEUE_EXIT_CODE}: requeue me)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if dist_util.get_world_size() > 1:
+            dist_util.abort(preemption.REQUEUE_EXIT_CODE)
+        return preemption.REQUEUE_EXIT_CODE
     except sampling.USER_ERRORS as e:
         print(f"image_sample.py: error: {e}", file=sys.stderr, flush=True)
         if dist_util.get_world_size() > 1:
@@ -42,6 +55,11 @@ def main(argv=None):
     if result["npz"]:
         rate = result["images_sampled"] / result["seconds"] if result["seconds"] > 0 else 0.0
         print(f"wrote {result['npz']} ({result['images_sampled']} images sampled now, {rate:.2f} images/s)")
+    elif result["images_missing"]:
+        print(
+            f"shard {flags['shard']} of {flags['num_shards']} done ({result['images_sampled']} images sampled now); "
+            f"{result['images_missing']} images still to come from other shards, the last to finish merges"
+        )
     return 0
 
 

@@ -3,12 +3,13 @@
     mpiexec -n 8 python scripts/image_train.py --config configs/ffhq.toml \
         --weight_schedule debias --data_dir data/ffhq256 --log_dir runs/ffhq/debias
 
-Works the same under `torchrun --nproc_per_node 8` and as one plain process.
+Works the same under `torchrun --nproc_per_node 8`, `srun` and as one plain process. On SIGTERM or
+SIGUSR1 every rank stops at the same step, writes a checkpoint and exits with 75 (requeue me).
 """
 
 import sys
 
-from guided_diffusion import dist_util, flag_help
+from guided_diffusion import dist_util, flag_help, preemption
 from guided_diffusion.checkpoint import CheckpointError
 from guided_diffusion.script_util import create_argparser, parse_flags_and_given
 from guided_diffusion.train_util import TrainingError, image_train_defaults, train
@@ -32,15 +33,25 @@ def parse_flags(argv):
 def main(argv=None):
     try:
         flags, given = parse_command_line(sys.argv[1:] if argv is None else argv)
-        dist_util.setup_dist()
-        train(flags, given)
+        dist_util.setup_dist(device=flags["device"])
+        loop = train(flags, given)
     except (ValueError, OSError, CheckpointError, TrainingError) as e:
         print(f"image_train.py: error: {e}", file=sys.stderr, flush=True)
         if dist_util.get_world_size() > 1:
             # Other ranks may be waiting for this one in a collective.
             dist_util.abort(1)
         return 1
+    is_main = dist_util.is_main()
     dist_util.cleanup()
+    if loop.stopped_by_signal:
+        if is_main:
+            print(
+                f"image_train.py: stopped by a signal at step {loop.step}, checkpoint written; exit "
+                f"{preemption.REQUEUE_EXIT_CODE} asks the job to requeue (it resumes with --resume_checkpoint auto)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return preemption.REQUEUE_EXIT_CODE
     return 0
 
 

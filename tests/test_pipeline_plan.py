@@ -11,7 +11,7 @@ from guided_diffusion import sampling
 from pipeline import PlanError, Stage, expand, load_plan, reproduce
 from pipeline.plan import Plan
 from scripts import image_sample, image_train
-from pipeline import launch, runner
+from pipeline import launch, runner, slurm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLANS = os.path.join(REPO, "configs", "plans")
@@ -98,7 +98,9 @@ def test_launchers_wrap_only_distributed_stages(tmp_path):
     train, ref = stages["train/celebahq/debias"], stages["ref/celebahq"]
     assert launch.command(train, "mpiexec", 4, python="py")[1:4] == ["-n", "4", "py"]
     assert launch.command(train, "torchrun", 4, python="py")[:5] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    assert launch.command(train, "local", 4, python="py") == ["py"] + train.argv
+    # The plan's global batch (config --batch_size 1 x [plan] nproc 8) stays 8 on any rank count.
+    assert launch.command(train, "local", 4, python="py") == ["py"] + train.argv + ["--batch_size", "8"]
+    assert launch.command(train, "mpiexec", 4, python="py")[-2:] == ["--batch_size", "2"]
     assert launch.command(ref, "mpiexec", 4, python="py") == ["py"] + ref.argv
 
 
@@ -106,7 +108,7 @@ def test_slurm_scripts_chain_dependencies(tmp_path):
     plan = load_plan(os.path.join(PLANS, "table4.toml"), root=str(tmp_path))
     plan.slurm = {"partition": "gpu", "time": "72:00:00"}
     stages = expand(plan)
-    submit = launch.write_slurm_scripts(stages, set(runner.pending_stages(stages)), plan, str(tmp_path / "slurm"), REPO)
+    submit = slurm.write_jobs(stages, set(runner.pending_stages(stages)), plan, str(tmp_path / "slurm"), REPO)
     text = open(submit).read()
     assert "JOB_PREPARE_CELEBAHQ=$(sbatch --parsable prepare_celebahq.sbatch)" in text
     assert "JOB_TRAIN_CELEBAHQ_DEBIAS=$(sbatch --parsable --dependency=afterok:$JOB_PREPARE_CELEBAHQ train_celebahq_debias.sbatch)" in text
@@ -117,7 +119,7 @@ def test_slurm_scripts_chain_dependencies(tmp_path):
     batch = (tmp_path / "slurm" / "train_celebahq_debias.sbatch").read_text()
     assert "#SBATCH --partition=gpu" in batch and "#SBATCH --time=72:00:00" in batch
     assert "#SBATCH --gpus-per-node=8" in batch
-    assert "torch.distributed.run --standalone --nproc_per_node 8 -m scripts.image_train" in batch
+    assert "torch.distributed.run --nnodes 1 --nproc_per_node 8 --rdzv_id" in batch
     # Every job a line submits is defined before it is used.
     defined = set()
     for line in text.splitlines():
