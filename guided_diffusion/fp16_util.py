@@ -141,7 +141,8 @@ class MixedPrecisionTrainer:
         params = self.master_params if params is None else params
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         for name, value in zip(self.param_names, params):
-            state[name] = value.detach().float().cpu()
+            # Checkpoints keep the default layout whatever the training layout (--channels_last).
+            state[name] = value.detach().float().cpu().contiguous()
         return state
 
     def state_dict_to_master_params(self, state_dict):

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import dist_util, logger
+from . import dist_util, fast_paths, logger
 from .checkpoint import (
     CheckpointError,
     check_state_dict,
@@ -41,7 +41,7 @@ class TrainingError(RuntimeError):
 
 
 def training_defaults():
-    """ADM's image_train flags, plus max_steps, log_dir, precision, seed, num_workers and the crop/flip options."""
+    """ADM's image_train flags, plus max_steps, log_dir, precision, seed, num_workers, the crop/flip options and the fast paths."""
     return dict(
         data_dir="",
         log_dir="",
@@ -63,6 +63,7 @@ def training_defaults():
         num_workers=1,
         random_crop=False,
         random_flip=True,
+        **fast_paths.training_flag_defaults(),
     )
 
 
@@ -137,6 +138,7 @@ class TrainLoop:
         flags=None,
         seed=None,
         max_consecutive_nonfinite=MAX_CONSECUTIVE_NONFINITE,
+        fast_path_options=None,
     ):
         if batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, got {batch_size}")
@@ -165,6 +167,7 @@ class TrainLoop:
         self.log_dir = log_dir or logger.get_dir()
         self.flags = dict(flags or {})
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.fast_path_options = fast_path_options or fast_paths.FastPathOptions()
         self.world_size = dist_util.get_world_size()
         self.global_batch = batch_size * self.world_size
 
@@ -181,8 +184,9 @@ class TrainLoop:
 
         if precision == "fp16" and not hasattr(model, "convert_to_fp16"):
             raise ValueError("--precision fp16 needs a model with convert_to_fp16() (ADM's UNetModel)")
+        fast_paths.prepare_training_model(model, self.fast_path_options)
         self.mp_trainer = MixedPrecisionTrainer(model=model, precision=precision, fp16_scale_growth=fp16_scale_growth)
-        self.opt = torch.optim.AdamW(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay)
+        self.opt = fast_paths.make_adamw(self.mp_trainer.master_params, lr, weight_decay, self.fast_path_options.optimizer_impl)
         self.ema_params = {rate: [p.detach().clone().float() for p in self.mp_trainer.master_params] for rate in self.ema_rates}
         self._last_saved_step = None
         if resume is not None:
@@ -194,6 +198,7 @@ class TrainLoop:
             self.ddp_model = DDP(model, device_ids=device_ids, bucket_cap_mb=128)
         else:
             self.ddp_model = model
+        fast_paths.compile_training_model(self.ddp_model, self.fast_path_options)
         if seed is not None:
             # Every rank, and every resumed segment, draws its own noise, timesteps and data order.
             seed_all(stream_seed(seed, dist_util.get_rank(), self.step))
@@ -415,6 +420,7 @@ def train(flags):
 
 def _train(flags, log_dir, rank, world_size):
     precision = resolve_precision(flags["precision"], flags["use_fp16"])
+    fast_path_options = fast_paths.FastPathOptions.from_flags(flags, dist_util.dev().type)
     parse_ema_rates(flags["ema_rate"])
     logger.log(
         f"training in {log_dir} on {world_size} rank(s) ({dist_util.launcher() or 'no process group'}, "
@@ -464,6 +470,7 @@ def _train(flags, log_dir, rank, world_size):
         log_dir=log_dir,
         flags=flags,
         seed=flags["seed"],
+        fast_path_options=fast_path_options,
     )
     loop.run_loop()
     return loop
