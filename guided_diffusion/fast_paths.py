@@ -221,6 +221,13 @@ class CudaGraphForward:
         self.graph, self.key = graph, key
 
 
+def _copy_output(forward):
+    def copied(x, timesteps, **kwargs):
+        return forward(x, timesteps, **kwargs).clone()
+
+    return copied
+
+
 def sampling_forward(model, precision, device, options):
     """The function the samplers call: `model` (eval mode) with the layout, compilation,
     autocast and CUDA graphs that `options` ask for."""
@@ -229,6 +236,9 @@ def sampling_forward(model, precision, device, options):
     if options.compile:
         compile_in_place(model, options.compile_mode)
     forward = autocast_model(model, precision, device)
+    if options.compile and options.compile_mode == "reduce-overhead":
+        # Compile's CUDA graphs reuse their output buffers, and multistep samplers keep earlier outputs.
+        forward = _copy_output(forward)
     if options.cuda_graphs:
         # Autocast caches casts of weights that require grad, which a graph must not hold on to.
         model.requires_grad_(False)
