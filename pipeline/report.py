@@ -33,8 +33,8 @@ def _fmt(value, digits=1):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def fid_table(results, dataset, runs):
-    """Rows (sampler, steps) x columns runs -> FID, the newest result of each cell."""
+def fid_table(results, dataset, runs, metric="fid", scale=1.0, digits=1):
+    """Rows (sampler, steps) x columns runs -> FID (or another metric of the registry, times `scale`), the newest result of each cell."""
     cells = {}
     for (_, weighting, pred, _, sampler, steps), row in latest(
         [r for r in results if r.get("dataset") == dataset], fields=("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps")
@@ -43,13 +43,14 @@ def fid_table(results, dataset, runs):
     settings = sorted({(s, t) for s, t, _ in cells}, key=lambda st: (str(st[0]), -(st[1] or 0)))
     lines = ["| sampler | steps | " + " | ".join(runs) + " |", "|---|---:|" + "---:|" * len(runs)]
     for sampler, steps in settings:
-        values = [cells.get((sampler, steps, run), {}).get("fid") for run in runs]
+        values = [cells.get((sampler, steps, run), {}).get(metric) for run in runs]
+        values = [None if v is None else scale * v for v in values]
         best = min((v for v in values if v is not None), default=None)
-        shown = [f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v) for v in values]
+        shown = [f"**{_fmt(v, digits)}**" if v is not None and v == best else _fmt(v, digits) for v in values]
         lines.append(f"| {sampler} | {steps} | " + " | ".join(shown) + " |")
     any_row = next(iter(cells.values()), {})
     fids = [row["fid"] for row in cells.values()]
-    if fids and min(fids) > NOT_YET_IMAGES_FID:
+    if metric == "fid" and fids and min(fids) > NOT_YET_IMAGES_FID:
         lines += [
             "",
             f"Every FID is above {NOT_YET_IMAGES_FID}: the samples are not yet images (see the few-step grid), "
@@ -188,6 +189,9 @@ def write_report(plan_path, root, out_dir):
         runs = [run.name for run in ds.runs]
         table, num = fid_table(results, ds.name, runs)
         parts += [f"## FID on `{ds.name}` ({num or '?'} samples per cell; lower is better, best in bold)", "", table, ""]
+        if any(r.get("kid") is not None for r in results if r.get("dataset") == ds.name):
+            table, _ = fid_table(results, ds.name, runs, metric="kid", scale=1e3, digits=2)
+            parts += [f"## KID x 1000 on `{ds.name}` (lower is better, best in bold)", "", table, ""]
 
     mse_rows = _read_csv(plan.under_root("figures", "mse_step.csv"))
     if mse_rows:

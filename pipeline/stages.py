@@ -103,9 +103,11 @@ def expand(plan):
             )
         data_deps = [prepare_name] if prepare_name else []
 
-        ref = ds.ref or plan.under_root("refs", f"{ds.name}.npz")
-        ref_deps = []
-        if not ds.ref:
+        # KID and precision/recall compare feature sets, so they need the reference images, not statistics.
+        needs_images = any(m in ("kid", "prc") for m in ds.evaluate.get("metrics", []))
+        ref = ds.ref or (ds.data_dir if needs_images else plan.under_root("refs", f"{ds.name}.npz"))
+        ref_deps = list(data_deps) if needs_images else []
+        if not ds.ref and not needs_images:
             stages.append(
                 Stage(
                     name=f"ref/{ds.name}",

@@ -10,7 +10,7 @@ import pytest
 from guided_diffusion import sampling
 from pipeline import PlanError, expand, load_plan, reproduce
 from scripts import image_sample, image_train
-from pipeline import launch, runner
+from pipeline import launch, report, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLANS = os.path.join(REPO, "configs", "plans")
@@ -75,7 +75,7 @@ def test_dry_run_lists_every_stage_with_its_command(tmp_path):
     assert re.search(r"\d+ stages: ", text)
 
 
-@pytest.mark.parametrize("plan", ["table1", "table2", "table3", "table4", "paper", "demo"])
+@pytest.mark.parametrize("plan", ["table1", "table2", "table3", "table4", "paper", "demo", "gpu_mini"])
 def test_shipped_plans_run_existing_entry_points_with_flags_they_accept(plan, tmp_path):
     stages = expand(load_plan(os.path.join(PLANS, f"{plan}.toml"), root=str(tmp_path)))
     parsers = {"train": image_train.parse_flags, "sample": image_sample.parse_flags}
@@ -89,6 +89,34 @@ def test_shipped_plans_run_existing_entry_points_with_flags_they_accept(plan, tm
         if stage.kind == "sample":
             sampler, steps = re.fullmatch(r"([a-z_]+?)(\d+)", stage.name.split("/")[-1]).groups()
             assert flags["sampler"] == sampler and sampling.sampling_steps(sampling.validate_flags(flags)) == int(steps)
+
+
+def test_gpu_mini_plan_trains_four_weightings_and_evaluates_kid_against_the_images(tmp_path):
+    stages = expand(load_plan(os.path.join(PLANS, "gpu_mini.toml"), root=str(tmp_path)))
+    assert kinds(stages) == dict(prepare=1, train=4, sample=12, evaluate=12, tables=1, figure=5, report=1)
+    by_name = {s.name: s for s in stages}
+    train = image_train.parse_flags(by_name["train/embedded/debias"].argv[2:])
+    assert (train["max_steps"], train["batch_size"], train["precision"], train["resume_checkpoint"]) == (4000, 256, "bf16", "auto")
+    assert train["save_interval"] == 1000 and train["image_size"] == 32 and train["num_channels"] == 64
+    sample = sampling.validate_flags(image_sample.parse_flags(by_name["sample/embedded/p2/004000/ddim10"].argv[2:]))
+    assert (sample["num_samples"], sample["sampler"], sample["batch_size"], sample["precision"]) == (5000, "ddim", 1250, "bf16")
+    evaluate = by_name["evaluate/embedded/p2/004000/ddim100"]
+    data_dir = str(tmp_path / "data" / "embedded")
+    assert evaluate.argv[evaluate.argv.index("--ref") + 1] == data_dir and "--kid" in evaluate.argv
+    # The reference is the prepared images, so no statistics stage and the evaluation waits for the data.
+    assert "ref/embedded" not in by_name and "prepare/embedded" in evaluate.deps
+    assert by_name["prepare/embedded"].argv[-4:] == ["--image_size", "32", "--num_images", "10000"]
+
+
+def test_report_tables_show_fid_and_kid_per_sampler_and_weighting():
+    results = [
+        dict(dataset="d", weight_schedule=w, pred="eps", iterations=10, sampler="ddim", steps=t, fid=f, kid=k)
+        for w, t, f, k in [("constant", 10, 30.0, 0.0214), ("debias", 10, 25.0, 0.0186), ("constant", 25, 20.0, 0.0100)]
+    ]
+    fid, _ = report.fid_table(results, "d", ["constant", "debias"])
+    kid, _ = report.fid_table(results, "d", ["constant", "debias"], metric="kid", scale=1e3, digits=2)
+    assert fid.splitlines()[2:] == ["| ddim | 25 | **20.0** | — |", "| ddim | 10 | 30.0 | **25.0** |"]
+    assert kid.splitlines()[2:] == ["| ddim | 25 | **10.00** | — |", "| ddim | 10 | 21.40 | **18.60** |"]
 
 
 def test_launchers_wrap_only_distributed_stages(tmp_path):
