@@ -31,6 +31,7 @@ from tests.test_evaluations import (  # noqa: F401  (session fixtures: the conve
     torchscript_path,
     with_noise,
 )
+from tests.test_fast_paths import adamw_trajectories
 from tests.test_sampling import assert_same_up_to_rounding, run_library, sampling_flags, save_tiny_checkpoint
 from tests.tiny import TINY_MODEL_FLAGS, flag_list, tiny_flags
 
@@ -163,18 +164,7 @@ def test_fast_paths_give_the_eager_float32_numbers(fp32_on_cuda, fast):
 
 
 def test_fused_adamw_takes_the_default_steps_on_cuda():
-    generator = torch.Generator().manual_seed(0)
-    start = [torch.randn(shape, generator=generator).to(CUDA) for shape in [(64, 32, 3, 3), (64,), (10, 7)]]
-    grads = [[torch.randn(p.shape, generator=generator).to(CUDA) for p in start] for _ in range(5)]
-    results = {}
-    for impl in ("default", "foreach", "fused"):
-        params = [p.clone().requires_grad_(True) for p in start]
-        optimizer = fast_paths.make_adamw(params, lr=1e-2, weight_decay=0.1, impl=impl)
-        for step_grads in grads:
-            for p, g in zip(params, step_grads):
-                p.grad = g.clone()
-            optimizer.step()
-        results[impl] = params
+    _, results = adamw_trajectories(("default", "foreach", "fused"), CUDA, shapes=((64, 32, 3, 3), (64,), (10, 7)))
     for impl in ("foreach", "fused"):
         for a, b in zip(results["default"], results[impl]):
             torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)

@@ -17,10 +17,10 @@ import torch
 from guided_diffusion import dist_util, fast_paths, sampling
 from guided_diffusion.fast_paths import FastPathOptions, PrefetchedIndexedNoise, largest_fitting_batch
 from guided_diffusion.noise import IndexedNoise
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from guided_diffusion.script_util import create_model_and_diffusion
 from guided_diffusion.train_util import TrainLoop, train, training_defaults
 from scripts import image_sample, image_train
-from tests.test_sampling import assert_same_up_to_rounding, run_library, sampling_flags, save_tiny_checkpoint
+from tests.test_sampling import assert_same_up_to_rounding, run_library, save_tiny_checkpoint
 from tests.tiny import TINY_8X8, TINY_MODEL_FLAGS, tiny_flags
 
 
@@ -175,21 +175,26 @@ def test_channels_last_sampling_gives_the_default_images(checkpoint, reference, 
 # ---- AdamW --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", ["foreach", "fused"])
-def test_foreach_and_fused_adamw_take_the_default_steps(impl):
+def adamw_trajectories(impls, device, shapes=((8, 4, 3, 3), (8,), (5, 7)), steps=5):
+    """(start, {impl: parameters after `steps` AdamW steps}) from the same start and gradients."""
     generator = torch.Generator().manual_seed(0)
-    shapes = [(8, 4, 3, 3), (8,), (5, 7)]
-    start = [torch.randn(shape, generator=generator) for shape in shapes]
-    grads = [[torch.randn(shape, generator=generator) for shape in shapes] for _ in range(5)]
+    start = [torch.randn(shape, generator=generator).to(device) for shape in shapes]
+    grads = [[torch.randn(shape, generator=generator).to(device) for shape in shapes] for _ in range(steps)]
     results = {}
-    for name in ("default", impl):
+    for impl in impls:
         params = [p.clone().requires_grad_(True) for p in start]
-        optimizer = fast_paths.make_adamw(params, lr=1e-2, weight_decay=0.1, impl=name)
+        optimizer = fast_paths.make_adamw(params, lr=1e-2, weight_decay=0.1, impl=impl)
         for step_grads in grads:
             for p, g in zip(params, step_grads):
                 p.grad = g.clone()
             optimizer.step()
-        results[name] = params
+        results[impl] = params
+    return start, results
+
+
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
+def test_foreach_and_fused_adamw_take_the_default_steps(impl):
+    start, results = adamw_trajectories(("default", impl), torch.device("cpu"))
     for a, b, before in zip(results["default"], results[impl], start):
         assert not torch.equal(a, before)
         # foreach runs the same arithmetic on lists of tensors; fused reorders a few operations.
