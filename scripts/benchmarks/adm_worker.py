@@ -15,10 +15,12 @@ cannot follow ADM's hand-written checkpoint function anyway.
 
 import json
 import os
+import socket
 import sys
 import tempfile
 
 import torch
+import torch.distributed as dist
 
 import measure
 
@@ -32,6 +34,16 @@ def import_adm(adm_dir):
     from guided_diffusion import dist_util, logger, script_util, train_util
 
     return dist_util, logger, script_util, train_util
+
+
+def one_rank_group():
+    """The one-member process group ADM's TrainLoop expects. ADM's own setup_dist would do, but it
+    looks up this host's name, which fails on machines without DNS; the group is the same either way."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
 def model_and_diffusion(script_util, flags, use_fp16, respacing=""):
@@ -87,6 +99,7 @@ def measure_sampling(adm, flags, precision, settings, device):
                 break
             except torch.cuda.OutOfMemoryError:
                 loop.close()
+                torch.cuda.empty_cache()
                 batch //= 2
                 if batch < 1:
                     raise
@@ -100,7 +113,7 @@ def main(argv):
     settings = json.loads(argv[0])
     adm = import_adm(settings["adm_dir"])
     dist_util, logger, _, _ = adm
-    dist_util.setup_dist()
+    one_rank_group()
     device = dist_util.dev()
     flags = settings["flags"]
     with tempfile.TemporaryDirectory() as log_dir:
@@ -111,6 +124,7 @@ def main(argv):
             if "sample" in settings["parts"]:
                 for row in measure_sampling(adm, flags, precision, settings, device):
                     measure.emit(row)
+    dist.destroy_process_group()
     return 0
 
 
