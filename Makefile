@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast test-cuda demo clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,10 +15,14 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not cuda"
 
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow and not mpi"
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow and not mpi and not cuda"
+
+# On a GPU machine: precisions, NCCL, fast paths, sampling and FID features on CUDA (skipped without CUDA).
+test-cuda: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m cuda
 
 # The whole pipeline at CPU size: embedded dataset, four weightings, DDIM 5/10/25, FID, figures, report.
 demo: $(STAMP)

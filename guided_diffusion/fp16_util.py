@@ -57,6 +57,16 @@ def autocast_model(model, precision, device):
     return forward
 
 
+def _row_major(tensor):
+    """`tensor` with row-major strides: checkpoints keep the default layout whatever the training one.
+
+    `contiguous()` is not enough: a channels_last 1x1 kernel counts as contiguous with other strides.
+    """
+    if tensor.stride() == torch.empty(tensor.shape, device="meta").stride():
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
 class MixedPrecisionTrainer:
     """Owns the backward pass and the optimizer step for one of the `PRECISIONS`.
 
@@ -141,7 +151,7 @@ class MixedPrecisionTrainer:
         params = self.master_params if params is None else params
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         for name, value in zip(self.param_names, params):
-            state[name] = value.detach().float().cpu()
+            state[name] = _row_major(value.detach().float().cpu())
         return state
 
     def state_dict_to_master_params(self, state_dict):

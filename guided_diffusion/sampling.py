@@ -37,11 +37,10 @@ import numpy as np
 import torch as th
 import torch.distributed as dist
 
-from . import checkpoint, dist_util, samplers, weighting
+from . import checkpoint, dist_util, fast_paths, samplers, weighting
 from .atomic import atomic_write_text
-from .fp16_util import autocast_model, fp16_fallback_note, resolve_precision
+from .fp16_util import fp16_fallback_note, resolve_precision
 from .image_ops import to_uint8_nhwc
-from .noise import IndexedNoise
 from .respace import space_timesteps
 from .sample_store import (
     BATCH_DIR,
@@ -97,7 +96,8 @@ def sampling_defaults():
     return dict(
         model_path="",
         num_samples=10000,
-        batch_size=16,
+        # A string so that the flag also takes "auto" (fast_paths.parse_batch_size).
+        batch_size="16",
         clip_denoised=True,
         use_ddim=False,
         sampler="ddpm",
@@ -110,6 +110,7 @@ def sampling_defaults():
         shard=0,
         num_shards=1,
         device="",
+        **fast_paths.sampling_flag_defaults(),
         **samplers.SAMPLER_OPTION_DEFAULTS,
     )
 
@@ -171,12 +172,14 @@ def validate_flags(flags, device_type=None):
         raise ValueError(f"--out_dir {flags['out_dir']}: must be a local or shared filesystem path")
     if flags["num_samples"] < 1:
         raise ValueError(f"--num_samples must be at least 1, got {flags['num_samples']}")
-    if flags["batch_size"] < 1:
-        raise ValueError(f"--batch_size must be at least 1, got {flags['batch_size']}")
+    flags["batch_size"] = fast_paths.parse_batch_size(flags["batch_size"])
     if flags["seed"] < 0:
         raise ValueError(f"--seed must be non-negative, got {flags['seed']}")
     if flags["num_shards"] < 1 or not 0 <= flags["shard"] < flags["num_shards"]:
         raise ValueError(f"--shard {flags['shard']} --num_shards {flags['num_shards']}: expected 0 <= shard < num_shards")
+    if flags["num_shards"] > 1 and flags["batch_size"] == fast_paths.AUTO_BATCH_SIZE:
+        # Shards split the batch grid between them; each must cut it the same way.
+        raise ValueError("--batch_size auto cannot be used with --num_shards > 1: give every shard the same --batch_size")
     flags["sampler"] = resolve_sampler(flags)
     flags["use_ddim"] = flags["sampler"] == "ddim"
     flags["precision"] = resolve_precision(flags["precision"], flags["use_fp16"], device_type)
@@ -186,6 +189,7 @@ def validate_flags(flags, device_type=None):
     elif flags["class_labels"] != "uniform":
         raise ValueError(f"--class_labels {flags['class_labels']} needs a class-conditional model (--class_cond True)")
     samplers.check_options(flags["sampler"], flags)
+    fast_paths.FastPathOptions.from_flags(flags, device_type)
     return flags
 
 
@@ -369,6 +373,12 @@ def sample_to_dir(flags, progress=True):
         return dict(sha256=sha256, done=[[first, last] for first, last, _ in scan_batch_files(batch_dir)])
 
     state = _main_then_share(claim_and_scan)
+    if flags["batch_size"] == fast_paths.AUTO_BATCH_SIZE:
+        flags["batch_size"] = fast_paths.auto_batch_size(
+            model, flags, device, fast_paths.per_rank_limit(flags["num_samples"], world_size)
+        )
+        if dist_util.is_main():
+            print(f"--batch_size auto: {flags['batch_size']} on {device}", flush=True)
     planned = shard_batches(
         plan_batches(flags["num_samples"], flags["batch_size"], state["done"]),
         flags["batch_size"],
@@ -379,7 +389,9 @@ def sample_to_dir(flags, progress=True):
     images_planned = sum(last - first + 1 for first, last in planned)
 
     shape_tail = (3, flags["image_size"], flags["image_size"])
-    model_fn = autocast_model(model, flags["precision"], device)
+    options = fast_paths.FastPathOptions.from_flags(flags, device.type)
+    model_fn = fast_paths.sampling_forward(model, flags["precision"], device, options)
+    noise_for = fast_paths.noise_source_factory(options, device)
     run = samplers.get_sampler(flags["sampler"]).run
     if flags["png"]:
         os.makedirs(os.path.join(out_dir, PNG_DIR), exist_ok=True)
@@ -404,7 +416,7 @@ def sample_to_dir(flags, progress=True):
             diffusion,
             (len(indices),) + shape_tail,
             model_kwargs=model_kwargs,
-            noise_source=IndexedNoise(flags["seed"], indices),
+            noise_source=noise_for(flags["seed"], indices),
             device=device,
             flags=flags,
         )

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import dist_util, logger, preemption
+from . import dist_util, fast_paths, logger, preemption
 from .checkpoint import (
     CheckpointError,
     check_state_dict,
@@ -46,7 +46,7 @@ class TrainingError(RuntimeError):
 
 def training_defaults():
     """ADM's image_train flags, plus max_steps, log_dir, precision, seed, num_workers, the crop/flip options,
-    checkpoint retention and the device."""
+    checkpoint retention, the device and the fast paths."""
     return dict(
         data_dir="",
         log_dir="",
@@ -71,6 +71,7 @@ def training_defaults():
         keep_checkpoints=0,
         keep_every=0,
         device="",
+        **fast_paths.training_flag_defaults(),
     )
 
 
@@ -148,6 +149,7 @@ class TrainLoop:
         keep_checkpoints=0,
         keep_every=0,
         stop_signals=None,
+        fast_path_options=None,
     ):
         if batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, got {batch_size}")
@@ -184,6 +186,7 @@ class TrainLoop:
         # A preemption.StopSignals (or anything with `requested`): checked by all ranks at every step boundary.
         self.stop_signals = stop_signals
         self.stopped_by_signal = False
+        self.fast_path_options = fast_path_options or fast_paths.FastPathOptions()
         self.world_size = dist_util.get_world_size()
         self.global_batch = batch_size * self.world_size
 
@@ -200,8 +203,9 @@ class TrainLoop:
 
         if precision == "fp16" and not hasattr(model, "convert_to_fp16"):
             raise ValueError("--precision fp16 needs a model with convert_to_fp16() (ADM's UNetModel)")
+        fast_paths.prepare_training_model(model, self.fast_path_options)
         self.mp_trainer = MixedPrecisionTrainer(model=model, precision=precision, fp16_scale_growth=fp16_scale_growth)
-        self.opt = torch.optim.AdamW(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay)
+        self.opt = fast_paths.make_adamw(self.mp_trainer.master_params, lr, weight_decay, self.fast_path_options.optimizer_impl)
         self.ema_params = {rate: [p.detach().clone().float() for p in self.mp_trainer.master_params] for rate in self.ema_rates}
         self._last_saved_step = None
         if resume is not None:
@@ -213,6 +217,7 @@ class TrainLoop:
             self.ddp_model = DDP(model, device_ids=device_ids, bucket_cap_mb=128)
         else:
             self.ddp_model = model
+        fast_paths.compile_training_model(self.ddp_model, self.fast_path_options)
         if seed is not None:
             # Every rank, and every resumed segment, draws its own noise, timesteps and data order.
             seed_all(stream_seed(seed, dist_util.get_rank(), self.step))
@@ -467,6 +472,7 @@ def train(flags, given=()):
 
 def _train(flags, log_dir, rank, world_size, parameters_note, stop_signals):
     precision = resolve_precision(flags["precision"], flags["use_fp16"], dist_util.dev().type)
+    fast_path_options = fast_paths.FastPathOptions.from_flags(flags, dist_util.dev().type)
     parse_ema_rates(flags["ema_rate"])
     check_retention_flags(flags["keep_checkpoints"], flags["keep_every"])
     for note in (parameters_note, fp16_fallback_note(flags["precision"], flags["use_fp16"], precision)):
@@ -525,6 +531,7 @@ def _train(flags, log_dir, rank, world_size, parameters_note, stop_signals):
         keep_checkpoints=flags["keep_checkpoints"],
         keep_every=flags["keep_every"],
         stop_signals=stop_signals,
+        fast_path_options=fast_path_options,
     )
     loop.run_loop()
     return loop

@@ -111,12 +111,16 @@ def expand(plan):
 
         ref = ds.ref or plan.under_root("refs", f"{ds.name}.npz")
         ref_deps = []
+        ref_flags = dict(ds.evaluate.get("ref_flags", {}))
+        if any(m in ("kid", "prc") for m in ds.evaluate.get("metrics", [])):
+            # KID and precision/recall compare feature sets: the reference keeps its features.
+            ref_flags.setdefault("features", True)
         if not ds.ref:
             stages.append(
                 Stage(
                     name=f"ref/{ds.name}",
                     kind="ref",
-                    argv=_module("ref") + [ds.data_dir, ref] + _flags(ds.evaluate.get("ref_flags", {})),
+                    argv=_module("ref") + [ds.data_dir, ref] + _flags(ref_flags),
                     outputs=[ref],
                     deps=list(data_deps),
                 )

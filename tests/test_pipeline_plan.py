@@ -76,7 +76,7 @@ def test_dry_run_lists_every_stage_with_its_command(tmp_path):
     assert re.search(r"\d+ stages: ", text)
 
 
-@pytest.mark.parametrize("plan", ["table1", "table2", "table3", "table4", "paper", "demo"])
+@pytest.mark.parametrize("plan", ["table1", "table2", "table3", "table4", "paper", "demo", "gpu_mini"])
 def test_shipped_plans_run_existing_entry_points_with_flags_they_accept(plan, tmp_path):
     stages = expand(load_plan(os.path.join(PLANS, f"{plan}.toml"), root=str(tmp_path)))
     parsers = {"train": image_train.parse_flags, "sample": image_sample.parse_flags}
@@ -90,6 +90,23 @@ def test_shipped_plans_run_existing_entry_points_with_flags_they_accept(plan, tm
         if stage.kind == "sample":
             sampler, steps = re.fullmatch(r"([a-z_]+?)(\d+)", stage.name.split("/")[-1]).groups()
             assert flags["sampler"] == sampler and sampling.sampling_steps(sampling.validate_flags(flags)) == int(steps)
+
+
+def test_gpu_mini_plan_trains_four_weightings_and_evaluates_kid_against_stored_reference_features(tmp_path):
+    stages = expand(load_plan(os.path.join(PLANS, "gpu_mini.toml"), root=str(tmp_path)))
+    assert kinds(stages) == dict(prepare=1, ref=1, train=4, sample=20, evaluate=12, tables=1, figure=5, report=1)
+    by_name = {s.name: s for s in stages}
+    train = image_train.parse_flags(by_name["train/embedded/debias"].argv[2:])
+    assert (train["max_steps"], train["batch_size"], train["precision"], train["resume_checkpoint"]) == (4000, 256, "bf16", "auto")
+    assert train["save_interval"] == 1000 and train["image_size"] == 32 and train["num_channels"] == 64
+    sample = sampling.validate_flags(image_sample.parse_flags(by_name["sample/embedded/p2/004000/ddim10"].argv[2:]))
+    assert (sample["num_samples"], sample["sampler"], sample["batch_size"], sample["precision"]) == (5000, "ddim", 1250, "bf16")
+    evaluate = by_name["evaluate/embedded/p2/004000/ddim100"]
+    ref = str(tmp_path / "refs" / "embedded.npz")
+    assert evaluate.argv[evaluate.argv.index("--ref") + 1] == ref and "--kid" in evaluate.argv
+    # KID compares feature sets: the reference statistics keep the features, so no evaluation re-reads the images.
+    assert "--features" in by_name["ref/embedded"].argv and "ref/embedded" in evaluate.deps
+    assert by_name["prepare/embedded"].argv[-4:] == ["--image_size", "32", "--num_images", "10000"]
 
 
 def test_launchers_wrap_only_distributed_stages(tmp_path):

@@ -162,7 +162,7 @@ def test_dataset_configs_parse_for_sampling(config):
     args = parse_args_with_config(create_argparser(defaults), defaults, ["--config", str(config), "--seed", "3"],
                                   sections=sampling.CONFIG_SECTIONS)
     flags = sampling.validate_flags({**{k: getattr(args, k) for k in defaults}, "model_path": "m.pt", "out_dir": "out"})
-    assert flags["seed"] == 3 and flags["image_size"] in (32, 64, 128, 256, 512)
+    assert flags["seed"] == 3 and flags["image_size"] in (16, 32, 64, 128, 256, 512)
 
 
 # ---- whole runs -----------------------------------------------------------------------------------
