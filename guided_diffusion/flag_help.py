@@ -6,7 +6,7 @@ their registries (`weighting`, `samplers`), so a new schedule or sampler
 documents its flags where it declares them.
 """
 
-from . import samplers, weighting
+from . import fast_paths, samplers, weighting
 from .fp16_util import PRECISIONS
 from .targets import TARGETS
 
@@ -73,7 +73,7 @@ TRAINING_HELP = dict(
 SAMPLING_HELP = dict(
     model_path="checkpoint to sample: model*.pt, ema_*.pt or any ADM state dict; the flags saved beside it are the defaults",
     num_samples="images in the merged samples npz",
-    batch_size="images per rank per step",
+    batch_size="images per rank per step; auto: the largest batch that fits on the GPU",
     clip_denoised="clip the predicted x0 to [-1, 1] (ddpm, ddim)",
     use_ddim="ADM's flag: True means --sampler ddim",
     seed="with the sample index, determines every sample",
@@ -109,12 +109,16 @@ def model_and_diffusion_help():
     return {**MODEL_HELP, **DIFFUSION_HELP, **weighting_help()}
 
 
+def _fast_path_help(defaults):
+    return {key: text for key, text in fast_paths.FLAG_HELP.items() if key in defaults}
+
+
 def training_help():
-    return {**model_and_diffusion_help(), **TRAINING_HELP}
+    return {**model_and_diffusion_help(), **TRAINING_HELP, **_fast_path_help(fast_paths.training_flag_defaults())}
 
 
 def sampling_help():
-    lines = {**model_and_diffusion_help(), **SAMPLING_HELP}
+    lines = {**model_and_diffusion_help(), **SAMPLING_HELP, **_fast_path_help(fast_paths.sampling_flag_defaults())}
     lines["sampler"] = "; ".join(
         f"{name}: {samplers.get_sampler(name).summary}" if samplers.get_sampler(name).summary else name
         for name in samplers.sampler_names()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing import event_accumulator
 
-from guided_diffusion import flag_help, logger, samplers, sampling, weighting
+from guided_diffusion import fast_paths, flag_help, logger, samplers, sampling, weighting
 from guided_diffusion.gaussian_diffusion import get_named_beta_schedule
 from guided_diffusion.script_util import (
     create_gaussian_diffusion,
@@ -226,7 +226,7 @@ def test_paper_sampling_line_with_dpm_solver_runs_the_papers_solver(adm_checkpoi
         recorders.append(RecordingModel(model))
         return recorders[-1]
 
-    monkeypatch.setattr(sampling, "autocast_model", recording_autocast)
+    monkeypatch.setattr(fast_paths, "autocast_model", recording_autocast)
     steps = 10
     assert sample_line(DEBIAS_SAMPLE, model_path=adm_checkpoint, sample_dir=tmp_path / "paper",
                        sampler="paper_dpm_solver", timestep_respacing=steps) == 0
