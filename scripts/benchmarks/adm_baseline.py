@@ -1,8 +1,8 @@
 """Our speed against ADM's own code on the same device: gpu_benchmark.py's table for both, and ours/ADM ratios.
 
     git clone https://github.com/openai/guided-diffusion third_party/guided-diffusion   # git-ignored, never committed
-    python scripts/benchmarks/adm_baseline.py --adm_dir third_party/guided-diffusion --precisions bf16,fp16 --compile both
-    python scripts/benchmarks/adm_baseline.py --adm_dir third_party/guided-diffusion --tiny --precisions fp32 \
+    python -m scripts.benchmarks.adm_baseline --adm_dir third_party/guided-diffusion --precisions bf16,fp16 --compile both
+    python -m scripts.benchmarks.adm_baseline --adm_dir third_party/guided-diffusion --tiny --precisions fp32 \
         --adm_precisions fp32 --compile off          # a CPU check of the harness
 
 ADM runs in a separate process (adm_worker.py) with its checkout first on the path,

@@ -1,6 +1,6 @@
 """Error of the fast samplers against the exact probability-flow ODE solution for Gaussian data.
 
-    python scripts/benchmarks/fast_sampler_error.py --noise_schedule linear --skip_type logSNR --steps 5,10,20
+    python -m scripts.benchmarks.fast_sampler_error --noise_schedule linear --skip_type logSNR --steps 5,10,20
 
 The data are N(m, S) over (1, 2, 2) "images" (S with eigenvalues 0.02, 0.1,
 0.4, 0.9), the model is the exact noise predictor, and the reference is the

@@ -1,8 +1,8 @@
 """Training and sampling speed on one GPU: images/s, MFU and peak memory for the FFHQ config at 256x256.
 
-    python scripts/benchmarks/gpu_benchmark.py                      # configs/ffhq.toml, batch 8, fp32/fp16/bf16, compile off/on
-    python scripts/benchmarks/gpu_benchmark.py --precisions bf16 --compile on --channels_last True --noise_threads 8
-    python scripts/benchmarks/gpu_benchmark.py --tiny --precisions fp32 --compile off   # the test UNet: seconds on a CPU
+    python -m scripts.benchmarks.gpu_benchmark                      # configs/ffhq.toml, batch 8, fp32/fp16/bf16, compile off/on
+    python -m scripts.benchmarks.gpu_benchmark --precisions bf16 --compile on --channels_last True --noise_threads 8
+    python -m scripts.benchmarks.gpu_benchmark --tiny --precisions fp32 --compile off   # the test UNet: seconds on a CPU
 
 Training: our `TrainLoop.run_step` (forward, backward, AdamW, EMA, loss logging) at --batch_size on
 a one-rank process group (DDP, as a real run), for every precision in --precisions and every

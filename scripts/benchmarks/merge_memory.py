@@ -1,6 +1,6 @@
 """Peak memory of merging sample batch files into ADM's npz, against the size of the result.
 
-    python scripts/benchmarks/merge_memory.py --num_samples 20000 --image_size 64
+    python -m scripts.benchmarks.merge_memory --num_samples 20000 --image_size 64
 
 Writes `num_samples` random uint8 images as batch files (the layout of
 image_sample.py's out_dir/batches), merges them in a fresh process and reports

@@ -1,6 +1,6 @@
 """Sampling throughput (images/s) of a small UNet on this machine, for the paper's DDPM-100 and DDIM-50.
 
-    OMP_NUM_THREADS=2 python scripts/benchmarks/sample_throughput.py --config configs/demo.toml --num_samples 64
+    OMP_NUM_THREADS=2 python -m scripts.benchmarks.sample_throughput --config configs/demo.toml --num_samples 64
 
 The model has the config's architecture and freshly initialised weights (speed
 does not depend on them); it goes through the full image_sample.py path
