@@ -12,8 +12,10 @@ API (every helper also works before `setup_dist()` or after `cleanup()`, as one 
     * otherwise a single process, which still gets a one-member group on a free local
       port so that collective code paths (DDP, all_reduce) run unchanged.
   The backend is NCCL when CUDA is available (one GPU per local rank, selected with
-  `torch.cuda.set_device`) and gloo otherwise.
+  `torch.cuda.set_device`) and gloo otherwise. Under torchrun and MPI a rank also ends
+  itself when its launcher dies (`exit_when_parent_dies`).
 - `dev()`: this rank's device (its GPU, or the CPU).
+- `resolve_device(name, flag)`: the torch device a `--device` value names, checked to exist here.
 - `get_rank()`, `get_world_size()`, `get_local_rank()`, `is_main()` (rank 0),
   `launcher()` ("torchrun", "mpi" or "single").
 - `barrier()`: wait for every rank.
@@ -23,26 +25,33 @@ API (every helper also works before `setup_dist()` or after `cleanup()`, as one 
 - `all_ranks_true(flag)`: True on every rank iff `flag` is true on every rank.
 - `load_state_dict(path, map_location=None)`: rank 0 reads `path` (local or gs://, az://
   through blobfile) and broadcasts the bytes; every rank returns `torch.load` of them.
-  Must be called by every rank.
+  Must be called by every rank; an unreadable file is a one-line CheckpointError naming it.
 - `cleanup()`: leave the process group.
 - `abort(exit_code)`: for scripts whose rank hit an error while other ranks may wait in a
   collective: under MPI, MPI_Abort stops every rank; otherwise this process exits at once
   (skipping interpreter shutdown, which could wait on the group) and torchrun stops the rest.
 """
 
-import io
 import os
 import socket
+import sys
+import threading
+import time
 
 import blobfile as bf
 import torch
 import torch.distributed as dist
+
+from .checkpoint import CheckpointError, load_state_bytes
 
 # Broadcast large files in pieces: a single multi-GB message overflows some transports.
 _BROADCAST_CHUNK_BYTES = 1 << 28
 
 _MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+# How often a rank checks that its launcher is still there.
+LAUNCHER_POLL_SECONDS = 1.0
 
 _state = {"launcher": None, "local_rank": 0}
 
@@ -107,12 +116,52 @@ def setup_dist(backend=None):
     dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
     _state["launcher"] = kind
     _state["local_rank"] = local_rank
+    if kind != "single":
+        # A plain process may outlive its shell on purpose (nohup); a rank has no use without its launcher.
+        launcher_pid = os.getppid()
+        exit_when_parent_dies(launcher_pid, f"rank {rank}: its launcher ({kind}, pid {launcher_pid}) is gone; exiting")
+
+
+def exit_when_parent_dies(parent_pid, message=None, poll_seconds=LAUNCHER_POLL_SECONDS):
+    """End this process (exit status 1, after printing `message`) once `parent_pid` is no longer its parent.
+
+    A launcher killed without passing the kill on (torchrun's agent after kill -9)
+    would leave its ranks training and writing checkpoints for nobody. A daemon
+    thread polls the parent pid rather than asking for prctl(PR_SET_PDEATHSIG):
+    that signal fires when the *thread* that forked the child ends, is Linux-only,
+    and would arrive as a signal that preemption handlers may claim.
+    """
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        if message:
+            print(message, file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-when-parent-dies", daemon=True).start()
 
 
 def dev():
     if torch.cuda.is_available():
         return torch.device("cuda", _state["local_rank"] % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def resolve_device(name=None, flag="--device"):
+    """The torch.device of a `--device` value (None: cuda when available, else cpu); ValueError if it is not here."""
+    if name is None or name == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{flag} {name!r}: not a device name (expected cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {name}: no CUDA GPU is available on this machine; use {flag} cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
 
 
 def get_rank():
@@ -206,12 +255,14 @@ def load_state_dict(path, map_location=None, weights_only=True):
             with bf.BlobFile(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            error = f"{path}: no such file"
+            error = ("missing", f"{path}: no such file")
+        except OSError as e:
+            error = ("unreadable", f"checkpoint {path}: cannot read it ({e.strerror or e})")
     error = broadcast_object(error)
     if error is not None:
-        raise FileNotFoundError(error)
+        raise (FileNotFoundError if error[0] == "missing" else CheckpointError)(error[1])
     data = broadcast_bytes(data)
-    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
+    return load_state_bytes(data, path, map_location=map_location, weights_only=weights_only)
 
 
 def cleanup():

@@ -19,8 +19,8 @@ A re-run finds the sample indices that no batch file holds (whatever batch
 size wrote the others) and samples only those, cut on its own grid.
 """
 
+import contextlib
 import datetime
-import hashlib
 import json
 import os
 import time
@@ -30,8 +30,9 @@ import numpy as np
 import torch as th
 import torch.distributed as dist
 
-from . import checkpoint, dist_util, samplers, weighting
+from . import checkpoint, dist_util, run_lock, samplers, weighting
 from .atomic import atomic_write_text
+from .checkpoint import file_sha256
 from .fp16_util import autocast_model, fp16_fallback_note, resolve_precision
 from .image_ops import to_uint8_nhwc
 from .noise import IndexedNoise
@@ -48,6 +49,7 @@ from .sample_store import (
     merge_batches,
     plan_batches,
     remove_other_merges,
+    remove_stale_temps_of_run,
     samples_file_name,
     scan_batch_files,
     write_batch_file,
@@ -78,7 +80,7 @@ class NonFiniteSamplesError(ArithmeticError):
     """A batch came out NaN or infinite; written as images it would silently turn black."""
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, OutDirError, NonFiniteSamplesError)
+USER_ERRORS = (ValueError, OSError, NonFiniteSamplesError)
 
 
 # ---- flags ---------------------------------------------------------------------------------------
@@ -229,14 +231,6 @@ def class_labels_for(indices, mode, seed, num_classes):
 # ---- run directory -------------------------------------------------------------------------------
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with bf.BlobFile(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _main_then_share(fn):
     """Run `fn` on rank 0 and give every rank its result, or raise its user error on every rank.
 
@@ -315,8 +309,14 @@ def sample_to_dir(flags, progress=True):
 
     Call on every rank (after dist_util.setup_dist() for several). Returns, on
     every rank, a dict with `npz` (the merged file's path, set on rank 0 only),
-    `images_sampled` (by all ranks in this call) and `seconds`.
+    `images_sampled` (by all ranks in this call) and `seconds`. Rank 0 holds
+    the out_dir's run lock meanwhile (one run writes an out_dir at a time).
     """
+    with contextlib.ExitStack() as held:
+        return _sample_to_dir(flags, progress, held)
+
+
+def _sample_to_dir(flags, progress, held):
     device = dist_util.dev()
     given = flags
     flags = validate_flags(flags, device.type)
@@ -330,7 +330,12 @@ def sample_to_dir(flags, progress=True):
     def check_paths():
         if not bf.exists(flags["model_path"]):
             raise FileNotFoundError(f"--model_path {flags['model_path']}: no such file")
+        if bf.isdir(flags["model_path"]):
+            raise ValueError(f"--model_path {flags['model_path']}: is a directory; expected a model file (model*.pt, ema_*.pt)")
         make_out_dir(out_dir)
+        lock = held.enter_context(run_lock.hold(out_dir, "--out_dir", clean=remove_stale_temps_of_run))
+        for note in lock.notes if lock else []:
+            print(note, flush=True)
 
     _main_then_share(check_paths)
     model, diffusion = load_model_and_diffusion(flags, device)

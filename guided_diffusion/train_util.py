@@ -19,10 +19,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import dist_util, logger
+from . import dist_util, logger, run_lock
 from .checkpoint import (
     CheckpointError,
     check_state_dict,
+    remove_stale_temps_of_checkpoints,
     resolve_resume_checkpoint,
     save_checkpoint,
     state_dict_digest,
@@ -175,6 +176,8 @@ class TrainLoop:
         )
         if resume_checkpoint and resume is None:
             logger.log(f"--resume_checkpoint auto: no complete checkpoint in {self.log_dir}; starting at step 0")
+        if resume is not None and resume.note:
+            logger.warn(resume.note)
         if resume is not None:
             self._load_model(resume)
         dist_util.sync_params(list(model.parameters()) + list(model.buffers()))
@@ -188,6 +191,9 @@ class TrainLoop:
         if resume is not None:
             self._load_training_state(resume)
             self._last_saved_step = self.step
+        dropped = logger.drop_rows_after("step", self.step)
+        if dropped:
+            logger.log(f"progress.csv: dropped {dropped} row(s) past step {self.step}, which this run does again")
 
         if dist.is_initialized():
             device_ids = [dist_util.dev()] if dist_util.dev().type == "cuda" else None
@@ -406,11 +412,14 @@ def train(flags):
     flags = {**defaults, **flags}
     rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
     log_dir = dist_util.broadcast_object(flags["log_dir"] or logger.default_log_dir())
-    logger.configure(log_dir, rank=rank)
-    try:
-        return _train(flags, log_dir, rank, world_size)
-    finally:
-        logger.close()
+    with run_lock.hold(log_dir, "--log_dir", enabled=rank == 0, clean=remove_stale_temps_of_checkpoints) as lock:
+        logger.configure(log_dir, rank=rank)
+        try:
+            for note in lock.notes if lock else []:
+                logger.log(note)
+            return _train(flags, log_dir, rank, world_size)
+        finally:
+            logger.close()
 
 
 def _train(flags, log_dir, rank, world_size):

@@ -10,7 +10,7 @@ See docs/sampling.md (README "Sampling") for the flags and the layout of --out_d
 
 import sys
 
-from guided_diffusion import dist_util, sampling
+from guided_diffusion import dist_util, job, sampling
 from guided_diffusion.script_util import create_argparser, parse_args_with_config
 
 
@@ -23,21 +23,16 @@ def parse_flags(argv):
 
 
 def main(argv=None):
-    try:
+    def run():
         flags = parse_flags(sys.argv[1:] if argv is None else argv)
         dist_util.setup_dist()
         result = sampling.sample_to_dir(flags)
-    except sampling.USER_ERRORS as e:
-        print(f"image_sample.py: error: {e}", file=sys.stderr, flush=True)
-        if dist_util.get_world_size() > 1:
-            # Other ranks may be waiting for this one in a collective.
-            dist_util.abort(1)
-        return 1
-    dist_util.cleanup()
-    if result["npz"]:
-        rate = result["images_sampled"] / result["seconds"] if result["seconds"] > 0 else 0.0
-        print(f"wrote {result['npz']} ({result['images_sampled']} images sampled now, {rate:.2f} images/s)")
-    return 0
+        dist_util.cleanup()
+        if result["npz"]:
+            rate = result["images_sampled"] / result["seconds"] if result["seconds"] > 0 else 0.0
+            print(f"wrote {result['npz']} ({result['images_sampled']} images sampled now, {rate:.2f} images/s)")
+
+    return job.run_main(run, "image_sample.py", user_errors=sampling.USER_ERRORS)
 
 
 if __name__ == "__main__":

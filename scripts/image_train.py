@@ -8,8 +8,7 @@ Works the same under `torchrun --nproc_per_node 8` and as one plain process.
 
 import sys
 
-from guided_diffusion import dist_util
-from guided_diffusion.checkpoint import CheckpointError
+from guided_diffusion import dist_util, job
 from guided_diffusion.script_util import create_argparser, parse_args_with_config
 from guided_diffusion.train_util import TrainingError, image_train_defaults, train
 
@@ -26,18 +25,13 @@ def parse_flags(argv):
 
 
 def main(argv=None):
-    try:
+    def run():
         flags = parse_flags(sys.argv[1:] if argv is None else argv)
         dist_util.setup_dist()
         train(flags)
-    except (ValueError, OSError, CheckpointError, TrainingError) as e:
-        print(f"image_train.py: error: {e}", file=sys.stderr, flush=True)
-        if dist_util.get_world_size() > 1:
-            # Other ranks may be waiting for this one in a collective.
-            dist_util.abort(1)
-        return 1
-    dist_util.cleanup()
-    return 0
+        dist_util.cleanup()
+
+    return job.run_main(run, "image_train.py", user_errors=(TrainingError,))
 
 
 if __name__ == "__main__":

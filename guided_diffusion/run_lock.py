@@ -1,0 +1,147 @@
+"""One writer per run directory: a lock file in it that names the holder's host and pid.
+
+Two runs writing one training --log_dir (or one sampling --out_dir) would
+interleave checkpoints and logs, and the removal of stale temp files that a
+resumed run does would delete the live run's files in flight. So rank 0 of a
+run holds `<dir>/.lock` while it writes there, an `fcntl.flock` whose file
+records the holder (host, pid, start time, command line).
+
+The kernel releases a flock when its holder dies, however it dies (kill -9
+included), so a lock left by a dead run is taken over without anyone deleting
+anything; the record it left is reported. Linux maps flock to NFS byte-range
+locks, so the lock also holds between nodes on a shared NFS filesystem (not on
+every cluster filesystem: check yours). Object-store directories (gs://, az://)
+have no locks; runs there are not guarded.
+"""
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+
+from .atomic import is_remote
+
+LOCK_NAME = ".lock"
+
+
+class DirectoryLockedError(OSError):
+    """The directory is held by another live run; str() is one line naming it."""
+
+    def __init__(self, message, path):
+        super().__init__(errno.EBUSY, message, path)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+def _describe(record):
+    if not record:
+        return "a run that left no record"
+    text = f"pid {record.get('pid')} on host {record.get('host')}"
+    if record.get("started"):
+        text += f" (started {record['started']})"
+    return text
+
+
+def _read_record(fd):
+    with contextlib.suppress(OSError, ValueError):
+        data = os.pread(fd, 1 << 16, 0)
+        record = json.loads(data.decode("utf-8"))
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+class DirectoryLock:
+    """The held lock of one directory; `notes` are lines worth logging (a dead holder taken over, files cleaned)."""
+
+    def __init__(self, fd, path, notes):
+        self._fd = fd
+        self.path = path
+        self.notes = notes
+
+    def release(self):
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            # Unlink while still holding: a run that opens the path afterwards makes a new file.
+            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+
+def acquire(directory, flag="directory"):
+    """Lock `directory` (created if needed) for this process; DirectoryLockedError if a live run holds it.
+
+    `flag` names the directory in messages (e.g. "--log_dir"). Returns a DirectoryLock,
+    or None for object-store directories, which cannot be locked.
+    """
+    directory = str(directory)
+    if is_remote(directory):
+        return None
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, LOCK_NAME)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_record(fd)
+            os.close(fd)
+            raise DirectoryLockedError(
+                f"{flag} {directory} is in use by another run: {_describe(holder)}; "
+                f"wait for it to end, stop it, or use another {flag}",
+                directory,
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        # A holder that released between our open and flock unlinked the file we opened.
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    previous = _read_record(fd)
+    record = dict(
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        command=" ".join(sys.argv),
+    )
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
+    notes = []
+    if previous is not None:
+        notes.append(f"took over the lock of {flag} {directory} from {_describe(previous)}, which ended without releasing it")
+    return DirectoryLock(fd, path, notes)
+
+
+@contextlib.contextmanager
+def hold(directory, flag="directory", enabled=True, clean=None):
+    """Hold `directory`'s lock for the block when `enabled` (rank 0 of a job); yields the DirectoryLock or None.
+
+    `clean(directory)` runs once the lock is held, the only time it is safe to remove
+    what killed writers left there (stale temp files); it returns the paths it removed,
+    which the lock's `notes` then list.
+    """
+    lock = acquire(directory, flag) if enabled else None
+    try:
+        if lock is not None and clean is not None:
+            removed = clean(directory)
+            if removed:
+                shown = ", ".join(os.path.relpath(p, directory) for p in removed[:5])
+                more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
+                lock.notes.append(f"removed {len(removed)} temp file(s) that an interrupted run left in {directory}: {shown}{more}")
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
