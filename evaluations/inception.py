@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 
+from guided_diffusion.dist_util import resolve_device
+
 from .convert_inception import (
     TORCH_FIDELITY_EXTRACTOR,
     convert_fid_inception,
@@ -35,10 +37,6 @@ DOWNLOAD_TIMEOUT_S = 60
 
 class LogitsUnavailableError(EvaluationError):
     """The Inception weights have no logits layer, so the Inception Score cannot be computed."""
-
-
-def default_device():
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def torch_fidelity_weights_path():
@@ -123,7 +121,7 @@ class InceptionFeatures:
                 f"({os.path.basename(URL_INCEPTION_V3)}) via --inception_weights, or drop --is"
             )
         self.feature_names = [POOL_FEATURES, LOGITS] if with_logits else [POOL_FEATURES]
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         try:
             extractor = FeatureExtractorInceptionV3(
                 TORCH_FIDELITY_EXTRACTOR, list(self.feature_names), feature_extractor_weights_path=self.weights_path

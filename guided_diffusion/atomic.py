@@ -98,6 +98,26 @@ def _write_failure(path, error, written, size_hint):
     return None
 
 
+def check_writable(path, flag):
+    """Raise OutputError naming `flag` unless a file can be written at `path` (checked before long work, not after)."""
+    path = str(path)
+    if is_remote(path):
+        return
+    if os.path.isdir(path):
+        raise OutputError(errno.EISDIR, f"{flag} {path}: is a directory; expected a file name", path)
+    directory = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(directory):
+        if os.path.exists(directory):
+            raise OutputError(errno.ENOTDIR, f"{flag} {path}: {directory} is not a directory", path)
+        directory = os.path.dirname(directory)
+    if not os.access(directory, os.W_OK):
+        read_only = False
+        with contextlib.suppress(OSError):
+            read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+        why = "is on a read-only filesystem" if read_only else "is not writable"
+        raise OutputError(errno.EROFS if read_only else errno.EACCES, f"{flag} {path}: {directory} {why}", path)
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode="wb", size_hint=None):
     """Open `path` for writing ("wb" or "w"); the file appears only if the block succeeds.

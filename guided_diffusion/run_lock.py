@@ -23,7 +23,7 @@ import os
 import socket
 import sys
 
-from .atomic import is_remote
+from .atomic import OutputError, is_remote
 
 LOCK_NAME = ".lock"
 
@@ -85,10 +85,13 @@ def acquire(directory, flag="directory"):
     directory = str(directory)
     if is_remote(directory):
         return None
-    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LOCK_NAME)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            raise OutputError(e.errno, f"{flag} {directory}: cannot write there ({e.strerror or e})", directory) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
