@@ -111,6 +111,7 @@ class InceptionFeatures:
     """The FID Inception on a device; `__call__` maps a uint8 NHWC batch to {feature name: float32 array}."""
 
     def __init__(self, weights_path=None, device=None, with_logits=False):
+        self.device = resolve_device(device)
         self.weights_path = resolve_inception_weights(weights_path)
         state = _load_state_dict(self.weights_path)
         self.has_logits = bool(torch.isfinite(state["fc.weight"]).all())
@@ -121,7 +122,6 @@ class InceptionFeatures:
                 f"({os.path.basename(URL_INCEPTION_V3)}) via --inception_weights, or drop --is"
             )
         self.feature_names = [POOL_FEATURES, LOGITS] if with_logits else [POOL_FEATURES]
-        self.device = resolve_device(device)
         try:
             extractor = FeatureExtractorInceptionV3(
                 TORCH_FIDELITY_EXTRACTOR, list(self.feature_names), feature_extractor_weights_path=self.weights_path

@@ -141,8 +141,8 @@ def main(argv=None):
         if args.batch_size < 1:
             raise EvaluationError(f"--batch_size must be positive, got {args.batch_size}")
         check_writable(args.out, "output")
-        inception = InceptionFeatures(args.inception_weights, device=args.device)
         source = open_image_source(args.input)
+        inception = InceptionFeatures(args.inception_weights, device=args.device)
         if args.num_images is not None:
             source = FirstImages(source, args.num_images)
         mu, sigma = image_statistics(args.input, inception, args.batch_size, args.cache_dir or None, source=source)

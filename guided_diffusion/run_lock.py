@@ -28,15 +28,8 @@ from .atomic import OutputError, is_remote
 LOCK_NAME = ".lock"
 
 
-class DirectoryLockedError(OSError):
-    """The directory is held by another live run; str() is one line naming it."""
-
-    def __init__(self, message, path):
-        super().__init__(errno.EBUSY, message, path)
-        self.message = message
-
-    def __str__(self):
-        return self.message
+class DirectoryLockedError(OutputError):
+    """The directory is held by another live run; str() is one line naming the holder."""
 
 
 def _describe(record):
@@ -98,6 +91,7 @@ def acquire(directory, flag="directory"):
             holder = _read_record(fd)
             os.close(fd)
             raise DirectoryLockedError(
+                errno.EBUSY,
                 f"{flag} {directory} is in use by another run: {_describe(holder)}; "
                 f"wait for it to end, stop it, or use another {flag}",
                 directory,
