@@ -30,7 +30,7 @@ from .feature_metrics import inception_score, kernel_inception_distance, precisi
 from .features import DEFAULT_BATCH_SIZE, extract_features, pool_statistics
 from .frechet import frechet_distance, gaussian_statistics
 from .inception import LOGITS, POOL_FEATURES, InceptionFeatures
-from .ref_stats import default_statistics_cache_dir, holds_statistics, load_statistics, reference_statistics
+from .ref_stats import default_statistics_cache_dir, holds_statistics, reference_statistics
 from .registry import ADM_DEFAULTS, DEFAULT_RESULTS, append_result
 from .run_metadata import fields_from_run_files
 from .sources import open_image_source
@@ -61,16 +61,21 @@ def evaluate(
             f"--kid/--prc compare two feature sets, but --ref {ref!r} holds only mu/sigma; pass reference images"
         )
     source = open_image_source(samples)
-    # A statistics file is read before the network is built, so that a bad one fails at once.
-    ref_statistics = load_statistics(ref) if holds_statistics(ref) else None
-    inception = InceptionFeatures(inception_weights, device=device, with_logits=with_inception_score)
+    built = []
+
+    def network():
+        # Built on first use: bad samples or reference statistics fail before Inception loads.
+        if not built:
+            built.append(InceptionFeatures(inception_weights, device=device, with_logits=with_inception_score))
+        return built[0]
 
     reference_features = None
     if needs_reference_features:
-        reference_features = extract_features(ref, inception, batch_size, progress, desc="reference")[POOL_FEATURES]
+        reference_features = extract_features(ref, network(), batch_size, progress, desc="reference")[POOL_FEATURES]
         ref_mu, ref_sigma = gaussian_statistics(reference_features)
     else:
-        ref_mu, ref_sigma = ref_statistics or reference_statistics(ref, lambda: inception, batch_size, cache_dir, progress)
+        ref_mu, ref_sigma = reference_statistics(ref, network, batch_size, cache_dir, progress)
+    inception = network()
 
     metrics = {"is": None, "is_std": None, "kid": None, "kid_std": None, "precision": None, "recall": None}
     if with_inception_score or needs_reference_features:

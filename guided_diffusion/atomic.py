@@ -81,6 +81,20 @@ def _free_bytes(directory):
     return None
 
 
+def check_free_space(directory, needed, what):
+    """Raise the disk-full OutputError, before anything is written, when `what` needs more than is free."""
+    if is_remote(directory):
+        return
+    free = _free_bytes(directory)
+    if free is not None and needed > free:
+        raise OutputError(
+            errno.ENOSPC,
+            f"disk full: {what} needs about {format_bytes(needed)} in {directory}, {format_bytes(free)} free; "
+            "nothing was written",
+            str(directory),
+        )
+
+
 def _write_failure(path, error, written, size_hint):
     """The OutputError for a failed write of `path`, or None when `error` is not about the filesystem."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -227,15 +241,16 @@ class _HashingWriter:
         self._file.flush()
 
 
-def _tensor_bytes(obj):
+def tensor_bytes(obj):
+    """The bytes of the tensors in `obj` (nested dicts, lists, tuples): about what torch.save writes."""
     import torch
 
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
+        return sum(tensor_bytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
+        return sum(tensor_bytes(v) for v in obj)
     return 0
 
 
@@ -243,7 +258,7 @@ def atomic_torch_save(obj, path):
     """torch.save `obj` to `path` atomically; returns (sha256 hex, size in bytes) of the file written."""
     import torch
 
-    with atomic_open(path, "wb", size_hint=_tensor_bytes(obj) or None) as f:
+    with atomic_open(path, "wb", size_hint=tensor_bytes(obj) or None) as f:
         writer = _HashingWriter(f)
         torch.save(obj, writer)
     return writer.sha256.hexdigest(), writer.size

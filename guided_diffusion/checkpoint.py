@@ -18,6 +18,7 @@ which and why, and a named set that fails is refused.
 strictly, failing with one line that lists the missing, unexpected and mis-shaped keys.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -29,7 +30,7 @@ import blobfile as bf
 import torch
 
 from . import __version__
-from .atomic import atomic_torch_save, atomic_write_text, remove_stale_temps
+from .atomic import atomic_torch_save, atomic_write_text, check_free_space, remove_stale_temps, tensor_bytes
 
 MANIFEST_FORMAT = "debias-adm-checkpoint"
 _MANIFEST_RE = re.compile(r"^checkpoint(\d+)\.json$")
@@ -179,6 +180,8 @@ def save_checkpoint(log_dir, step, *, model_state, ema_states, opt_state, manife
 
     `manifest` holds the caller's extra fields (flags, sampler state, ...); file names,
     step, format and package version are added here. Returns the manifest's path.
+    A set that does not fit on the disk is refused before its first file, and one
+    that fails part-way is removed, so no set is left without its manifest.
     """
     bf.makedirs(log_dir)
     files = {
@@ -186,11 +189,18 @@ def save_checkpoint(log_dir, step, *, model_state, ema_states, opt_state, manife
         "ema": {str(float(rate)): ema_filename(rate, step) for rate in ema_states},
         "opt": opt_filename(step),
     }
-    written = {files["model"]: atomic_torch_save(model_state, bf.join(log_dir, files["model"]))}
-    for rate, state in ema_states.items():
-        name = files["ema"][str(float(rate))]
-        written[name] = atomic_torch_save(state, bf.join(log_dir, name))
-    written[files["opt"]] = atomic_torch_save(opt_state, bf.join(log_dir, files["opt"]))
+    states = {files["model"]: model_state, files["opt"]: opt_state}
+    states.update({files["ema"][str(float(rate))]: state for rate, state in ema_states.items()})
+    check_free_space(log_dir, sum(tensor_bytes(s) for s in states.values()), f"the checkpoint at step {step}")
+    written = {}
+    try:
+        for name, state in states.items():
+            written[name] = atomic_torch_save(state, bf.join(log_dir, name))
+    except BaseException:
+        for name in written:
+            with contextlib.suppress(FileNotFoundError):
+                bf.remove(bf.join(log_dir, name))
+        raise
     record = dict(manifest)
     record.update(
         format=MANIFEST_FORMAT,
