@@ -8,6 +8,8 @@ Every rank calls `dumpkvs()` together: interval means are combined over ranks (w
 by how many values each rank logged), and only rank 0 writes. A remote log dir (gs://,
 az://) cannot be appended to, so its text files are kept in a local staging folder and
 uploaded by `sync()` (the training loop calls it at every checkpoint and at the end).
+A resumed run drops the progress.csv rows past the step it resumes from
+(`drop_rows_after`), so that every step appears once.
 """
 
 import datetime

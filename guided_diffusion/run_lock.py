@@ -3,15 +3,18 @@
 Two runs writing one training --log_dir (or one sampling --out_dir) would
 interleave checkpoints and logs, and the removal of stale temp files that a
 resumed run does would delete the live run's files in flight. So rank 0 of a
-run holds `<dir>/.lock` while it writes there, an `fcntl.flock` whose file
-records the holder (host, pid, start time, command line).
+run holds `<dir>/.lock` while it writes there: a POSIX record lock
+(`fcntl.lockf`) on a file that records the holder (host, pid, start time,
+command line).
 
-The kernel releases a flock when its holder dies, however it dies (kill -9
+The kernel drops a record lock when its holder dies, however it dies (kill -9
 included), so a lock left by a dead run is taken over without anyone deleting
-anything; the record it left is reported. Linux maps flock to NFS byte-range
-locks, so the lock also holds between nodes on a shared NFS filesystem (not on
-every cluster filesystem: check yours). Object-store directories (gs://, az://)
-have no locks; runs there are not guarded.
+anything; the record it left is reported. Unlike flock, a record lock is not
+shared with forked children (DataLoader workers, which outlive a killed parent
+by seconds), and NFS supports it natively, so the lock also holds between
+nodes on a shared NFS filesystem (not on every cluster filesystem: check
+yours). Locks are per process: one process never conflicts with itself.
+Object-store directories (gs://, az://) have no locks; runs there are not guarded.
 """
 
 import contextlib
@@ -86,8 +89,11 @@ def acquire(directory, flag="directory"):
         except OSError as e:
             raise OutputError(e.errno, f"{flag} {directory}: cannot write there ({e.strerror or e})", directory) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
             holder = _read_record(fd)
             os.close(fd)
             raise DirectoryLockedError(
@@ -96,10 +102,7 @@ def acquire(directory, flag="directory"):
                 f"wait for it to end, stop it, or use another {flag}",
                 directory,
             ) from None
-        except OSError:
-            os.close(fd)
-            raise
-        # A holder that released between our open and flock unlinked the file we opened.
+        # A holder that released between our open and our lock unlinked the file we opened.
         try:
             current = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

@@ -108,10 +108,19 @@ def read_only_dir(hold, directory):
 
 
 def hold_lock(hold, directory):
-    from guided_diffusion import run_lock
+    """`directory` locked by another process until `hold` closes (a process never conflicts with its own lock).
 
-    hold.enter_context(run_lock.hold(directory, "test"))
-    return [f"pid {os.getpid()}", f"host {HOST}"]
+    Returns what a refusal must name: the holder's pid and host.
+    """
+    code = ("import sys; from guided_diffusion import run_lock; run_lock.acquire(sys.argv[1], 'test'); "
+            "print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    hold.callback(holder.wait)
+    hold.callback(holder.stdin.close)
+    if holder.stdout.readline().strip() != "held":
+        raise RuntimeError(f"the process meant to hold {directory} did not take its lock")
+    return [f"pid {holder.pid}", f"host {HOST}"]
 
 
 def truncated_copy(source, target, keep=1000):

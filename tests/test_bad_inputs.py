@@ -167,6 +167,26 @@ def test_a_lock_left_by_a_dead_run_is_taken_over_and_released(materials, tmp_pat
     assert not (run / run_lock.LOCK_NAME).exists()
 
 
+def test_a_killed_holders_lock_is_free_at_once_though_its_forked_child_lives(tmp_path):
+    # DataLoader workers are forked and outlive a killed trainer by seconds; they must not keep the lock.
+    code = ("import os, sys, time; from guided_diffusion import run_lock; run_lock.acquire(sys.argv[1], 'test'); "
+            "child = os.fork()\nif child == 0: time.sleep(30); os._exit(0)\n"
+            "print(child, flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=script_env())
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(run_lock.DirectoryLockedError, match=f"pid {holder.pid} on host {HOST}"):
+            run_lock.acquire(tmp_path, "--log_dir")
+        holder.kill()
+        holder.wait()
+        lock = run_lock.acquire(tmp_path, "--log_dir")
+        took_over = f"took over the lock of --log_dir {tmp_path} from pid {holder.pid} on host {HOST} (started "
+        assert len(lock.notes) == 1 and lock.notes[0].startswith(took_over)
+        lock.release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 def test_resumed_sampling_removes_stale_temps(materials, tmp_path, capsys):
     out = tmp_path / "out"
     argv = sampling_argv(materials.model, out, "--num_samples", 4, "--png", True)
