@@ -189,8 +189,9 @@ def save_checkpoint(log_dir, step, *, model_state, ema_states, opt_state, manife
         "ema": {str(float(rate)): ema_filename(rate, step) for rate in ema_states},
         "opt": opt_filename(step),
     }
-    states = {files["model"]: model_state, files["opt"]: opt_state}
+    states = {files["model"]: model_state}
     states.update({files["ema"][str(float(rate))]: state for rate, state in ema_states.items()})
+    states[files["opt"]] = opt_state
     check_free_space(log_dir, sum(tensor_bytes(s) for s in states.values()), f"the checkpoint at step {step}")
     written = {}
     try:

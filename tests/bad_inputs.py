@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,6 +35,10 @@ from tests.tiny import TINY_MODEL_FLAGS, flag_list, save_random_checkpoint, tiny
 REPO = Path(__file__).resolve().parents[1]
 HOST = socket.gethostname()
 NOT_AN_IMAGE = b"this is not a png"
+# The statistics have Inception's 2048 dimensions, so that code which checks late still gets that far.
+FEATURES = 2048
+# tqdm's bar is progress, not a message: a line like "metfaces:  50%|#####  | 1/2 [00:00<00:00, 9.1img/s]".
+PROGRESS_BAR = re.compile(r"\d+/\d+ \[[\d:<?]+")
 
 
 class Unavailable(Exception):
@@ -78,7 +83,7 @@ class Materials:
         self.samples = self.root / "samples.npz"
         np.savez(self.samples, arr_0=np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
         self.stats = self.root / "stats.npz"
-        np.savez(self.stats, mu=np.zeros(4), sigma=np.eye(4))
+        np.savez(self.stats, mu=np.zeros(FEATURES), sigma=np.eye(FEATURES))
         self.junk = self.root / "notes.txt"
         self.junk.write_text("not a checkpoint\n")
 
@@ -374,9 +379,9 @@ def fid_argv(d, *extra, samples=None, ref=None):
 @case(FID)
 def fid_reference_statistics_hold_nan(m, d, hold):
     stats = d / "nan_stats.npz"
-    sigma = np.eye(4)
+    sigma = np.eye(FEATURES)
     sigma[1, 2] = np.nan
-    np.savez(stats, mu=np.zeros(4), sigma=sigma)
+    np.savez(stats, mu=np.zeros(FEATURES), sigma=sigma)
     return fid_argv(d, samples=m.samples, ref=stats), [str(stats), "NaN"]
 
 
@@ -468,6 +473,11 @@ def prepare_output_folder_in_use(m, d, hold):
 # ---- running them -----------------------------------------------------------------------------------
 
 
+def message_lines(stderr):
+    """The lines of `stderr` that say something (progress bars left out)."""
+    return [line for line in stderr.splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
+
+
 def check_applicable(case):
     if case.needs_no_gpu and torch.cuda.is_available():
         raise Unavailable("this machine has a GPU")
@@ -502,7 +512,7 @@ def census(tree, timeout):
                 except subprocess.TimeoutExpired:
                     outcomes[bad.name] = "hang"
                     continue
-                lines = [line for line in done.stderr.splitlines() if line.strip()]
+                lines = message_lines(done.stderr)
                 if done.returncode == 0:
                     outcome = "accepted"
                 elif "Traceback" in done.stderr:

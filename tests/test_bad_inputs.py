@@ -34,6 +34,7 @@ from tests.bad_inputs import (
     Materials,
     Unavailable,
     check_applicable,
+    message_lines,
     mount_tmpfs,
     run_in_process,
     sampling_argv,
@@ -42,8 +43,6 @@ from tests.bad_inputs import (
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# tqdm's bar is progress, not a message: a line like "metfaces:  50%|#####  | 1/2 [00:00<00:00, 9.1img/s]".
-PROGRESS_BAR = re.compile(r"\d+/\d+ \[[\d:<?]+")
 # Logs a failed run may leave beside its outputs; everything else new would be an output.
 LOG_FILES = {"log.txt", "progress.csv"}
 
@@ -55,10 +54,6 @@ def materials(tmp_path_factory):
 
 def files_under(root):
     return {p.relative_to(root).as_posix() for p in Path(root).rglob("*") if p.is_file()}
-
-
-def message_lines(stderr):
-    return [line for line in stderr.splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
 
 
 def temp_files(root):
