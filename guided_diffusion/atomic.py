@@ -95,8 +95,11 @@ def check_free_space(directory, needed, what):
         )
 
 
-def _write_failure(path, error, written, size_hint):
-    """The OutputError for a failed write of `path`, or None when `error` is not about the filesystem."""
+def _write_failure(path, error, written, size_hint, temp=None):
+    """The OutputError for a failed write of `path` through `temp`, or None when `error` is about something else.
+
+    An OSError that names another file (a read inside the block, say) is left as it is.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     full = disk_full_cause(error)
     if full is not None:
@@ -107,7 +110,7 @@ def _write_failure(path, error, written, size_hint):
         else:
             need = f"the disk filled after {format_bytes(written)}{free_text}"
         return OutputError(full.errno, f"disk full: cannot write {path} ({need}); nothing was written under that name", path)
-    if isinstance(error, OSError) and error.errno is not None:
+    if isinstance(error, OSError) and error.errno is not None and error.filename in (None, temp, path):
         return OutputError(error.errno, f"cannot write {path}: {error.strerror or error}", path)
     return None
 
@@ -152,7 +155,7 @@ def atomic_open(path, mode="wb", size_hint=None):
     try:
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + os.path.basename(path) + ".", dir=directory)
     except OSError as e:
-        raise _write_failure(path, e, 0, size_hint) from None
+        raise _write_failure(path, e, 0, size_hint, temp=e.filename) from None
     written = 0
     try:
         with contextlib.suppress(OSError):
@@ -170,7 +173,7 @@ def atomic_open(path, mode="wb", size_hint=None):
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        failure = _write_failure(path, e, written, size_hint)
+        failure = _write_failure(path, e, written, size_hint, temp=tmp)
         if failure is None:
             raise
         raise failure from None

@@ -52,6 +52,8 @@ _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_POR
 
 # How often a rank checks that its launcher is still there.
 LAUNCHER_POLL_SECONDS = 1.0
+# How long a failing rank under MPI lets its last output travel before MPI_Abort.
+ABORT_GRACE_SECONDS = 0.5
 
 _state = {"launcher": None, "local_rank": 0}
 
@@ -274,12 +276,13 @@ def cleanup():
 
 def abort(exit_code=1):
     """End the whole job from this rank (see the module docstring); never returns."""
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     if _state["launcher"] == "mpi":
         from mpi4py import MPI
 
+        # mpiexec relays a rank's output through its proxy, which MPI_Abort may kill
+        # before the error line just printed got through.
+        time.sleep(ABORT_GRACE_SECONDS)
         MPI.COMM_WORLD.Abort(exit_code)
     os._exit(exit_code)
