@@ -12,9 +12,10 @@ from tqdm.auto import tqdm
 
 from guided_diffusion import samplers
 from guided_diffusion.image_ops import to_uint8_nhwc
+from guided_diffusion.dist_util import resolve_device
 from guided_diffusion.noise import IndexedNoise
 from .flags import require_positive
-from .models import default_device, iter_models, make_diffusion
+from .models import iter_models, make_diffusion
 from .outputs import output_prefix, save_figure, save_npz, write_csv
 from .plotting import grid_dpi, image_grid_figure
 
@@ -87,7 +88,7 @@ def run(settings, checkpoints, out=None, steps=DEFAULT_STEPS, num_samples=4, see
     for T in steps:
         if T < 2:
             raise ValueError(f"--steps: {T} is too few; a respaced process needs at least 2 steps")
-    device = device or default_device()
+    device = resolve_device(device)
     models = iter_models(checkpoints, settings, device)
     samples = few_step_samples(
         lambda respacing: make_diffusion(settings, timestep_respacing=respacing), models, steps, num_samples,

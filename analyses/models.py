@@ -1,17 +1,11 @@
 """Building the model and diffusion of analysed checkpoints and loading their weights."""
 
-import torch as th
-
 from guided_diffusion.script_util import (
     create_gaussian_diffusion,
     diffusion_kwargs,
     load_model_for_sampling,
     model_and_diffusion_defaults,
 )
-
-
-def default_device():
-    return "cuda" if th.cuda.is_available() else "cpu"
 
 
 def model_settings(args):

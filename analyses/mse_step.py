@@ -17,13 +17,14 @@ import numpy as np
 import torch as th
 from tqdm.auto import tqdm
 
+from guided_diffusion.dist_util import resolve_device
 from guided_diffusion.image_ops import from_uint8_nhwc
 from guided_diffusion.noise import IndexedNoise
 from guided_diffusion.targets import to_eps, to_x0
 
 from .flags import require_positive
 from .images import read_images
-from .models import default_device, iter_models, make_diffusion
+from .models import iter_models, make_diffusion
 from .outputs import output_prefix, save_figure, write_csv
 from .plotting import new_figure
 
@@ -150,7 +151,7 @@ def run(settings, checkpoints, data_dir, out=None, num_images=32, stride=1, seed
     """Read `num_images` real images, compute every curve for the (name, path) `checkpoints`, write PNG and CSV."""
     require_positive(num_images, "--num_images")
     require_positive(batch_size, "--batch_size")
-    device = device or default_device()
+    device = resolve_device(device)
     diffusion = make_diffusion(settings)
     images = read_images(data_dir, num_images, settings["image_size"])
     timesteps = analysis_timesteps(diffusion.num_timesteps, stride)

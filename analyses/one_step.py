@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 from .mse_step import image_noise
 from .images import read_images
 from .flags import require_positive
-from .models import default_device, iter_models, make_diffusion
+from .models import iter_models, make_diffusion
 from .outputs import output_prefix, save_figure, write_csv
+from guided_diffusion.dist_util import resolve_device
 from guided_diffusion.image_ops import from_uint8_nhwc, to_uint8_nhwc
 from .plotting import grid_dpi, image_grid_figure
 
@@ -108,7 +109,7 @@ def run(settings, checkpoints, data_dir, out=None, num_images=4, timesteps=DEFAU
     """Read `num_images` real images, estimate x0 at every t for each (name, path) checkpoint, write PNGs and CSV."""
     require_positive(num_images, "--num_images")
     require_positive(batch_size, "--batch_size")
-    device = device or default_device()
+    device = resolve_device(device)
     diffusion = make_diffusion(settings)
     images = read_images(data_dir, num_images, settings["image_size"])
     models = iter_models(checkpoints, settings, device)

@@ -7,12 +7,13 @@ lives in its own module, named in `DATASET_MODULES`.
 import importlib
 from pathlib import Path
 
+# common.prepare, not prepare: importing the CLI module datasets.prepare rebinds that name here.
+from datasets import common
 from datasets.common import (
     DatasetPreparationWarning,
     OutputFolderError,
     PrepareResult,
     UnreadableImagesError,
-    prepare,
 )
 from datasets.sources import DatasetSourceError
 
@@ -64,7 +65,7 @@ def prepare_dataset(
         embedded = importlib.import_module(DATASET_MODULES[name])
         seed = 0 if seed is None else seed
         num_images = embedded.DEFAULT_NUM_IMAGES if num_images is None else num_images
-        return prepare(
+        return common.prepare(
             embedded.EmbeddedSource(seed, num_images, image_size),
             out_dir,
             dataset=name,
@@ -87,7 +88,7 @@ def prepare_dataset(
         # Outputs inside the source would be read back as source images on the next run, and
         # sources inside the output would be read by the training loader as training images.
         raise ValueError(f"the output folder {out_dir} and the source folder {source} must not contain each other")
-    return prepare(
+    return common.prepare(
         spec.open_source(source),
         out_dir,
         dataset=name,

@@ -14,8 +14,6 @@ import io
 import json
 import multiprocessing
 import os
-import threading
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +21,10 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from guided_diffusion.atomic import atomic_write_bytes, is_temp_name
-from guided_diffusion.image_ops import center_crop_arr, to_rgb
+from guided_diffusion import run_lock
+from guided_diffusion.atomic import atomic_write_bytes, remove_stale_temps
+from guided_diffusion.dist_util import exit_when_parent_dies
+from guided_diffusion.image_ops import ImageDecodeError, center_crop_arr, to_rgb
 from datasets.sources import DatasetSourceError, close_cached_archives
 
 MANIFEST_NAME = "manifest.json"
@@ -36,7 +36,6 @@ PREPROCESSING = (
 )
 REPORTED_UNREADABLE = 5
 ITEMS_PER_TASK = 16
-PARENT_POLL_SECONDS = 1.0
 
 
 class OutputFolderError(ValueError):
@@ -120,6 +119,8 @@ def convert_one(payload, out_path, image_size):
         with payload.open_image() as image:
             image.load()
             pixels = center_crop_arr(to_rgb(image), image_size)
+    except ImageDecodeError as error:
+        return None, error.reason
     except Exception as error:  # noqa: BLE001 - any decoder failure means an unreadable source image
         return None, f"{type(error).__name__}: {error}"
     data = encode_png(pixels)
@@ -134,16 +135,18 @@ def convert_batch(tasks, image_size):
 
 
 def scan_output_folder(out_dir):
-    """Existing PNG outputs (relative POSIX paths) and leftover temporaries, recursively."""
-    outputs, temporaries = set(), []
+    """Existing PNG outputs (relative POSIX paths), recursively."""
+    outputs = set()
     for directory, _, files in os.walk(out_dir):
         for file_name in files:
-            full = Path(directory) / file_name
-            if is_temp_name(file_name):
-                temporaries.append(full)
-            elif file_name.lower().endswith(".png"):
-                outputs.add(full.relative_to(out_dir).as_posix())
-    return outputs, temporaries
+            if file_name.lower().endswith(".png") and not file_name.startswith("."):
+                outputs.add((Path(directory) / file_name).relative_to(out_dir).as_posix())
+    return outputs
+
+
+def remove_stale_temps_of_outputs(out_dir):
+    """Delete the temp files of writes that a killed run left anywhere in `out_dir`; hold its run lock."""
+    return remove_stale_temps(out_dir, recursive=True)
 
 
 def read_json(path):
@@ -216,17 +219,6 @@ class _SerialRunner:
         close_cached_archives()
 
 
-def _exit_when_parent_dies(parent_pid):
-    """Worker initializer: a parent killed without cleanup (SIGKILL, OOM) would leave workers waiting forever."""
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_SECONDS)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 class _PoolRunner:
     """Runs batches on worker processes, never holding more than a few batches per worker.
 
@@ -240,7 +232,8 @@ class _PoolRunner:
         self._executor = concurrent.futures.ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_exit_when_parent_dies,
+            # A parent killed without cleanup (SIGKILL, OOM) would leave workers waiting forever.
+            initializer=exit_when_parent_dies,
             initargs=(os.getpid(),),
         )
         self._in_flight = set()
@@ -290,13 +283,19 @@ def prepare(
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be a positive integer, got {workers}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # One run prepares a folder at a time; under the lock, temps of killed runs can go.
+    with run_lock.hold(out_dir, "output folder", clean=remove_stale_temps_of_outputs):
+        return _prepare_into(
+            source, out_dir, dataset=dataset, image_size=image_size, expected_count=expected_count,
+            class_cond=class_cond, workers=workers, strict=strict, progress=progress, settings=settings,
+        )
+
+
+def _prepare_into(source, out_dir, *, dataset, image_size, expected_count, class_cond, workers, strict, progress, settings):
     identity = {"dataset": dataset, "image_size": image_size, **(settings or {})}
     previous_manifest = check_output_folder(out_dir, identity)
     identity = {"format": MANIFEST_FORMAT, **identity, "source": source.description}
-    existing, temporaries = scan_output_folder(out_dir)
-    for temporary in temporaries:
-        temporary.unlink()
+    existing = scan_output_folder(out_dir)
     if previous_manifest is None:
         # Marks the folder as this dataset at this size before any image lands,
         # so that an interrupted run cannot be resumed with other settings.

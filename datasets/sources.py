@@ -7,7 +7,6 @@ Payloads must be picklable; those that can only be read in the parent process
 (members of a tar stream) are turned into bytes by `materialize()` first.
 """
 
-import io
 import os
 import tarfile
 import zipfile
@@ -17,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from guided_diffusion.image_ops import is_image_file
+from guided_diffusion.image_ops import decode_image, is_image_file
 
 class DatasetSourceError(ValueError):
     """The source exists but is not in a form this dataset can be prepared from."""
@@ -43,7 +42,8 @@ class FilePayload:
         return self
 
     def open_image(self):
-        return Image.open(self.path)
+        with open(self.path, "rb") as f:
+            return decode_image(f.read(), self.path)
 
 
 # A worker reads many members of the same archive; reopening it per image would
@@ -63,7 +63,7 @@ class ZipMemberPayload:
         archive = _open_zip_files.get(self.zip_path)
         if archive is None:
             archive = _open_zip_files[self.zip_path] = zipfile.ZipFile(self.zip_path)
-        return Image.open(io.BytesIO(archive.read(self.member)))
+        return decode_image(archive.read(self.member), f"{self.zip_path}:{self.member}")
 
 
 def close_cached_archives():
@@ -80,7 +80,7 @@ class BytesPayload:
         return self
 
     def open_image(self):
-        return Image.open(io.BytesIO(self.data))
+        return decode_image(self.data, "archive member")
 
 
 @dataclass(frozen=True)

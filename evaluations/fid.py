@@ -9,17 +9,20 @@ images in any form `--samples` accepts (their statistics are cached).
 folder. Each run appends one line to the results registry; fields not given
 as flags are taken from the run record that sampling wrote beside the samples
 (`sampling.json`), then from ADM's defaults (eps prediction, DDPM sampler).
-`--metrics_out` writes the same record as JSON.
+`--metrics_out` writes the same record as JSON. An evaluation that fails records
+nothing: the outputs are checked to be writable before the work starts.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
 import os
 import sys
 
-from guided_diffusion.atomic import atomic_write_text
+from guided_diffusion import job
+from guided_diffusion.atomic import atomic_write_text, check_writable
 from guided_diffusion.targets import TARGETS
 
 from .errors import EvaluationError
@@ -66,15 +69,22 @@ def evaluate(
             f"--kid/--prc compare two feature sets, but --ref {ref!r} holds only mu/sigma; pass reference images "
             "or statistics written by `evaluations.ref_stats --features`"
         )
-    inception = InceptionFeatures(inception_weights, device=device, with_logits=with_inception_score)
     source = open_image_source(samples)
+    built = []
+
+    def network():
+        # Built on first use: bad samples or reference statistics fail before Inception loads.
+        if not built:
+            built.append(InceptionFeatures(inception_weights, device=device, with_logits=with_inception_score))
+        return built[0]
 
     if needs_reference_features and reference_features is None:
-        reference_features = extract_features(ref, inception, batch_size, progress, desc="reference")[POOL_FEATURES]
+        reference_features = extract_features(ref, network(), batch_size, progress, desc="reference")[POOL_FEATURES]
     if reference_features is not None and not holds_statistics(ref):
         ref_mu, ref_sigma = gaussian_statistics(reference_features)
     else:
-        ref_mu, ref_sigma = reference_statistics(ref, lambda: inception, batch_size, cache_dir, progress)
+        ref_mu, ref_sigma = reference_statistics(ref, network, batch_size, cache_dir, progress)
+    inception = network()
 
     metrics = {"is": None, "is_std": None, "kid": None, "kid_std": None, "precision": None, "recall": None,
                "fid_std": None}
@@ -179,32 +189,41 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        metrics = evaluate(
-            args.samples,
-            args.ref,
-            inception_weights=args.inception_weights,
-            batch_size=args.batch_size,
-            device=args.device,
-            with_inception_score=args.inception_score,
-            with_kid=args.kid,
-            with_precision_recall=args.prc,
-            bootstrap=args.bootstrap,
-            cache_dir=args.cache_dir or None,
-        )
-        print(format_metrics(metrics))
-        fields = run_fields(args.samples, {key: getattr(args, key) for key in RUN_FIELDS})
-        record = registry_record(args.samples, args.ref, metrics, fields)
-        if args.results:
+    return job.run_main(lambda: evaluate_and_record(args), prog=None, exit_code=2)
+
+
+def evaluate_and_record(args):
+    """Evaluate, print, then write --metrics_out and append to --results; a failure leaves neither."""
+    for flag, path in (("--metrics_out", args.metrics_out), ("--results", args.results)):
+        if path:
+            check_writable(path, flag)
+    metrics = evaluate(
+        args.samples,
+        args.ref,
+        inception_weights=args.inception_weights,
+        batch_size=args.batch_size,
+        device=args.device,
+        with_inception_score=args.inception_score,
+        with_kid=args.kid,
+        with_precision_recall=args.prc,
+        bootstrap=args.bootstrap,
+        cache_dir=args.cache_dir or None,
+    )
+    print(format_metrics(metrics))
+    fields = run_fields(args.samples, {key: getattr(args, key) for key in RUN_FIELDS})
+    record = registry_record(args.samples, args.ref, metrics, fields)
+    if args.metrics_out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.metrics_out)), exist_ok=True)
+        atomic_write_text(args.metrics_out, json.dumps(record, indent=2) + "\n")
+    if args.results:
+        try:
             append_result(args.results, record)
-            print(f"recorded in {args.results}")
-        if args.metrics_out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.metrics_out)), exist_ok=True)
-            atomic_write_text(args.metrics_out, json.dumps(record, indent=2) + "\n")
-    except EvaluationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        except BaseException:
+            if args.metrics_out:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(args.metrics_out)
+            raise
+        print(f"recorded in {args.results}")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=SINGULAR_OFFSET):
                 f"(> {IMAGINARY_TOLERANCE}); the covariances are too ill-conditioned for FID"
             )
         covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    distance = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    if not np.isfinite(distance):
+        raise EvaluationError("the Frechet distance came out NaN or infinite: the statistics hold non-finite values")
+    return distance
 
 
 def psd_sqrt(matrix):

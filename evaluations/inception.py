@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 
+from guided_diffusion.dist_util import resolve_device
+
 from .convert_inception import (
     TORCH_FIDELITY_EXTRACTOR,
     convert_fid_inception,
@@ -35,10 +37,6 @@ DOWNLOAD_TIMEOUT_S = 60
 
 class LogitsUnavailableError(EvaluationError):
     """The Inception weights have no logits layer, so the Inception Score cannot be computed."""
-
-
-def default_device():
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def torch_fidelity_weights_path():
@@ -113,6 +111,7 @@ class InceptionFeatures:
     """The FID Inception on a device; `__call__` maps a uint8 NHWC batch to {feature name: float32 array}."""
 
     def __init__(self, weights_path=None, device=None, with_logits=False):
+        self.device = resolve_device(device)
         self.weights_path = resolve_inception_weights(weights_path)
         state = _load_state_dict(self.weights_path)
         self.has_logits = bool(torch.isfinite(state["fc.weight"]).all())
@@ -123,7 +122,6 @@ class InceptionFeatures:
                 f"({os.path.basename(URL_INCEPTION_V3)}) via --inception_weights, or drop --is"
             )
         self.feature_names = [POOL_FEATURES, LOGITS] if with_logits else [POOL_FEATURES]
-        self.device = torch.device(device) if device is not None else default_device()
         try:
             extractor = FeatureExtractorInceptionV3(
                 TORCH_FIDELITY_EXTRACTOR, list(self.feature_names), feature_extractor_weights_path=self.weights_path

@@ -18,7 +18,8 @@ import sys
 
 import numpy as np
 
-from guided_diffusion.atomic import atomic_open
+from guided_diffusion import job
+from guided_diffusion.atomic import atomic_open, check_writable
 from guided_diffusion.script_util import str2bool
 
 from .convert_inception import default_cache_dir
@@ -84,6 +85,12 @@ def load_statistics(path):
         raise EvaluationError(
             f"reference {path!r}: 'mu' must be (D,) and 'sigma' (D, D), got {mu.shape} and {sigma.shape}"
         )
+    for name, values in (("mu", mu), ("sigma", sigma)):
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise EvaluationError(
+                f"reference {path!r}: '{name}' holds {bad} NaN or infinite value(s); recompute it with evaluations.ref_stats"
+            )
     return mu, sigma
 
 
@@ -148,11 +155,13 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+
+    def run():
         if args.batch_size < 1:
             raise EvaluationError(f"--batch_size must be positive, got {args.batch_size}")
-        inception = InceptionFeatures(args.inception_weights, device=args.device)
+        check_writable(args.out, "output")
         source = open_image_source(args.input)
+        inception = InceptionFeatures(args.inception_weights, device=args.device)
         if args.num_images is not None:
             source = FirstImages(source, args.num_images)
         features = None
@@ -162,11 +171,9 @@ def main(argv=None):
         else:
             mu, sigma = image_statistics(args.input, inception, args.batch_size, args.cache_dir or None, source=source)
         save_statistics(args.out, mu, sigma, source.num_images, features)
-    except EvaluationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: mu {mu.shape}, sigma {sigma.shape} over {source.num_images} images")
-    return 0
+        print(f"wrote {args.out}: mu {mu.shape}, sigma {sigma.shape} over {source.num_images} images")
+
+    return job.run_main(run, prog=None, exit_code=2)
 
 
 if __name__ == "__main__":

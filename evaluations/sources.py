@@ -21,7 +21,6 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image
 
 from guided_diffusion.image_ops import IMAGE_EXTENSIONS, decode_image, is_image_file
 from guided_diffusion.sample_store import BATCH_DIR, read_batch_file, scan_batch_files
@@ -195,8 +194,8 @@ class ImageFolder:
             )
         self.relative_paths = sorted(relative, key=_natural_key)
         self.num_images = len(self.relative_paths)
-        with Image.open(os.path.join(path, self.relative_paths[0])) as first:
-            self.image_shape = (first.height, first.width, 3)
+        self.image_shape = None
+        self.image_shape = self._decode(self.relative_paths[0]).shape
 
     def fingerprint(self):
         return _fingerprint([_stat_entry(os.path.join(self.path, r), r) for r in self.relative_paths])
@@ -208,7 +207,7 @@ class ImageFolder:
                 array = np.asarray(decode_image(f.read(), full), dtype=np.uint8)
         except (OSError, ValueError) as err:
             raise EvaluationError(str(err) if isinstance(err, ValueError) else f"cannot read image {full}: {err}") from None
-        if array.shape != self.image_shape:
+        if self.image_shape is not None and array.shape != self.image_shape:
             raise EvaluationError(
                 f"images in {self.path!r} have mixed sizes: {relative_path!r} is {array.shape[1]}x{array.shape[0]}, "
                 f"{self.relative_paths[0]!r} is {self.image_shape[1]}x{self.image_shape[0]}; resize them to one size"

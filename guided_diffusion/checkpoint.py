@@ -7,13 +7,18 @@ A checkpoint at step S in a log dir is ADM's three files plus a manifest written
     opt{S:06d}.pt            optimizer state_dict
     checkpoint{S:06d}.json   step, samples seen, flags, world size, package version,
                              loss scale, schedule-sampler state, and the files above
+                             with their sizes and sha256
 
 Every file is written atomically, and the manifest only after the others, so a set is
-complete exactly when its manifest exists and names files that all exist.
+complete exactly when its manifest exists and names files that all exist. Resuming
+checks the files against the sizes and hashes their manifest records (without
+loading them): `--resume_checkpoint auto` passes over a set that fails, saying
+which and why, and a named set that fails is refused.
 `load_model_checkpoint(model, path_or_state_dict)` loads ours or any ADM state dict
 strictly, failing with one line that lists the missing, unexpected and mis-shaped keys.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -25,7 +30,7 @@ import blobfile as bf
 import torch
 
 from . import __version__
-from .atomic import atomic_torch_save, atomic_write_text
+from .atomic import atomic_torch_save, atomic_write_text, check_free_space, remove_stale_temps, tensor_bytes
 
 MANIFEST_FORMAT = "debias-adm-checkpoint"
 _MANIFEST_RE = re.compile(r"^checkpoint(\d+)\.json$")
@@ -93,17 +98,36 @@ def state_dict_digest(state_dict):
     return digest.hexdigest()
 
 
+def file_sha256(path):
+    """sha256 hex digest of a local or blobfile path's bytes."""
+    digest = hashlib.sha256()
+    with bf.BlobFile(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_state_bytes(data, path, map_location="cpu", weights_only=True):
+    """torch.load of a file's bytes; a file torch cannot read is a one-line CheckpointError naming `path`."""
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
+    except Exception as e:  # torch raises zip, pickle and runtime errors alike for a bad file
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"checkpoint {path}: not a readable PyTorch file ({type(e).__name__}: {reason})") from None
+
+
 def read_checkpoint(path, map_location="cpu"):
     """torch.load of a local or blobfile path (tensors and plain containers only)."""
+    if bf.isdir(path):
+        raise CheckpointError(f"checkpoint {path}: is a directory, not a model file")
     try:
         with bf.BlobFile(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path}: no such file") from None
-    try:
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path}: not a readable PyTorch state dict ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path}: cannot read it ({e.strerror or e})") from None
+    return load_state_bytes(data, path, map_location=map_location)
 
 
 def _shown(keys):
@@ -156,6 +180,8 @@ def save_checkpoint(log_dir, step, *, model_state, ema_states, opt_state, manife
 
     `manifest` holds the caller's extra fields (flags, sampler state, ...); file names,
     step, format and package version are added here. Returns the manifest's path.
+    A set that does not fit on the disk is refused before its first file, and one
+    that fails part-way is removed, so no set is left without its manifest.
     """
     bf.makedirs(log_dir)
     files = {
@@ -163,10 +189,19 @@ def save_checkpoint(log_dir, step, *, model_state, ema_states, opt_state, manife
         "ema": {str(float(rate)): ema_filename(rate, step) for rate in ema_states},
         "opt": opt_filename(step),
     }
-    atomic_torch_save(model_state, bf.join(log_dir, files["model"]))
-    for rate, state in ema_states.items():
-        atomic_torch_save(state, bf.join(log_dir, files["ema"][str(float(rate))]))
-    atomic_torch_save(opt_state, bf.join(log_dir, files["opt"]))
+    states = {files["model"]: model_state}
+    states.update({files["ema"][str(float(rate))]: state for rate, state in ema_states.items()})
+    states[files["opt"]] = opt_state
+    check_free_space(log_dir, sum(tensor_bytes(s) for s in states.values()), f"the checkpoint at step {step}")
+    written = {}
+    try:
+        for name, state in states.items():
+            written[name] = atomic_torch_save(state, bf.join(log_dir, name))
+    except BaseException:
+        for name in written:
+            with contextlib.suppress(FileNotFoundError):
+                bf.remove(bf.join(log_dir, name))
+        raise
     record = dict(manifest)
     record.update(
         format=MANIFEST_FORMAT,
@@ -174,6 +209,8 @@ def save_checkpoint(log_dir, step, *, model_state, ema_states, opt_state, manife
         package_version=__version__,
         saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         files=files,
+        sha256={name: digest for name, (digest, _) in written.items()},
+        bytes={name: size for name, (_, size) in written.items()},
     )
     path = bf.join(log_dir, manifest_filename(step))
     atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -182,13 +219,17 @@ def save_checkpoint(log_dir, step, *, model_state, ema_states, opt_state, manife
 
 @dataclasses.dataclass
 class ResumePoint:
-    """What to restore: the step, the model file, EMA files by rate, the optimizer file, the manifest."""
+    """What to restore: the step, the model file, EMA files by rate, the optimizer file, the manifest.
+
+    `note` is the line that says which newer sets `auto` passed over and why (None when none).
+    """
 
     step: int
     model_path: str
     ema_paths: dict
     opt_path: str | None
     manifest: dict | None
+    note: str | None = None
 
 
 def _read_manifest(path):
@@ -214,27 +255,96 @@ def _resume_point_from_manifest(path, record):
     )
 
 
-def _is_complete(point):
-    paths = [point.model_path, point.opt_path, *point.ema_paths.values()]
-    return all(bf.exists(p) for p in paths)
+def verify_checkpoint_set(point):
+    """Why the files of `point` are not the ones its manifest recorded, or None when they are.
+
+    Sizes and sha256s recorded at save time are compared without loading anything.
+    A manifest written before those were recorded has its `model_sha1` (of the
+    model's tensors) checked instead, which reads the model file.
+    """
+    paths = [p for p in [point.model_path, point.opt_path, *point.ema_paths.values()] if p]
+    for path in paths:
+        if not bf.exists(path):
+            return f"{bf.basename(path)} is missing"
+    record = point.manifest or {}
+    hashes, sizes = record.get("sha256") or {}, record.get("bytes") or {}
+    if hashes:
+        for path in paths:
+            name = bf.basename(path)
+            if name not in hashes:
+                continue
+            size = bf.stat(path).size
+            if name in sizes and size != sizes[name]:
+                return f"{name} holds {size:,} bytes where its manifest records {sizes[name]:,}: truncated or replaced"
+            if file_sha256(path) != hashes[name]:
+                return f"{name} does not match the sha256 its manifest records: corrupt or replaced"
+        return None
+    if record.get("model_sha1"):
+        try:
+            state = read_checkpoint(point.model_path)
+        except CheckpointError as e:
+            return str(e)
+        if state_dict_digest(state) != record["model_sha1"]:
+            return f"{bf.basename(point.model_path)} does not match the model_sha1 its manifest records: corrupt or replaced"
+    return None
 
 
 def find_latest_checkpoint(log_dir):
-    """The newest complete checkpoint set in `log_dir`, or None if there is none."""
+    """The newest checkpoint set in `log_dir` whose files match its manifest, or None if there is none.
+
+    Newer sets passed over (an unreadable manifest, a missing, truncated or changed
+    file) are named with the reason in the point's `note`; when there are sets but
+    none passes, CheckpointError lists them, as starting afresh would overwrite them.
+    """
     if not bf.isdir(log_dir):
         return None
     steps = sorted(
         (int(m.group(1)), name) for name in bf.listdir(log_dir) if (m := _MANIFEST_RE.match(name))
     )
-    for _, name in reversed(steps):
+    skipped = []
+    for step, name in reversed(steps):
         path = bf.join(log_dir, name)
         try:
             point = _resume_point_from_manifest(path, _read_manifest(path))
-        except (CheckpointError, KeyError, TypeError):
+        except CheckpointError as e:
+            skipped.append(f"step {step} ({e})")
             continue
-        if _is_complete(point):
-            return point
+        except (KeyError, TypeError, ValueError, AttributeError):
+            skipped.append(f"step {step} ({name} lacks the step or file names)")
+            continue
+        problem = verify_checkpoint_set(point)
+        if problem:
+            skipped.append(f"step {step} ({problem})")
+            continue
+        if skipped:
+            point.note = f"--resume_checkpoint auto: skipped {'; '.join(skipped)}; resuming from step {point.step}"
+        return point
+    if skipped:
+        raise CheckpointError(
+            f"--resume_checkpoint auto: no usable checkpoint in {log_dir}: {'; '.join(skipped)}; "
+            "move them away to start afresh, or name a file to resume from"
+        )
     return None
+
+
+def _verified(point, given):
+    problem = verify_checkpoint_set(point)
+    if problem:
+        raise CheckpointError(f"--resume_checkpoint {given}: {problem}")
+    return point
+
+
+def is_checkpoint_file_name(name):
+    """Whether `name` is a file that `save_checkpoint` writes (model, EMA, optimizer or manifest)."""
+    return bool(_STEP_RE.match(name) or _MANIFEST_RE.match(name))
+
+
+def remove_stale_temps_of_checkpoints(log_dir):
+    """Delete temp files of checkpoint writes that a killed run left in `log_dir`; returns their paths.
+
+    Hold the log dir's run lock: a live writer's temp file looks the same.
+    """
+    return remove_stale_temps(log_dir, owns=is_checkpoint_file_name)
 
 
 def resolve_resume_checkpoint(resume_checkpoint, log_dir):
@@ -251,12 +361,17 @@ def resolve_resume_checkpoint(resume_checkpoint, log_dir):
         return find_latest_checkpoint(log_dir)
     if not bf.exists(resume_checkpoint):
         raise FileNotFoundError(f"--resume_checkpoint {resume_checkpoint}: no such file")
+    if bf.isdir(resume_checkpoint):
+        raise CheckpointError(
+            f"--resume_checkpoint {resume_checkpoint}: is a directory; give a model file, a checkpoint*.json "
+            "manifest, or auto (with --log_dir)"
+        )
     if _MANIFEST_RE.match(bf.basename(resume_checkpoint)):
-        point = _resume_point_from_manifest(resume_checkpoint, _read_manifest(resume_checkpoint))
-        missing = [p for p in [point.model_path, point.opt_path, *point.ema_paths.values()] if not bf.exists(p)]
-        if missing:
-            raise FileNotFoundError(f"--resume_checkpoint {resume_checkpoint}: incomplete set, missing {missing[0]}")
-        return point
+        try:
+            point = _resume_point_from_manifest(resume_checkpoint, _read_manifest(resume_checkpoint))
+        except (KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"--resume_checkpoint {resume_checkpoint}: lacks the step or file names") from None
+        return _verified(point, resume_checkpoint)
     step = parse_resume_step_from_filename(resume_checkpoint)
     if not _MODEL_RE.match(bf.basename(resume_checkpoint)):
         # Not an ADM-named file: nothing beside it can be attributed to it.
@@ -270,10 +385,11 @@ def resolve_resume_checkpoint(resume_checkpoint, log_dir):
         if match and int(match.group(2)) == step:
             ema_paths[str(float(match.group(1)))] = bf.join(directory, name)
     opt_path = bf.join(directory, opt_filename(step))
-    return ResumePoint(
+    point = ResumePoint(
         step=step,
         model_path=resume_checkpoint,
         ema_paths=ema_paths,
         opt_path=opt_path if bf.exists(opt_path) else None,
         manifest=manifest,
     )
+    return _verified(point, resume_checkpoint)

@@ -17,9 +17,11 @@ API (every helper also works before `setup_dist()` or after `cleanup()`, as one 
   `torch.cuda.set_device`) and gloo otherwise. `device` is --device: "cuda" requires a
   GPU, "cpu" never uses one, "" uses one when available; a rank that must have a GPU
   (asked for, or allocated by SLURM) and sees none raises `device_health.DeviceError`,
-  one line naming its host, before it joins the group.
+  one line naming its host, before it joins the group. Under torchrun, MPI and srun a
+  rank also ends itself when its launcher dies (`exit_when_parent_dies`).
 - `device_report()`: this rank's start-up line (host, device name and memory, backend).
 - `dev()`: this rank's device (its GPU, or the CPU).
+- `resolve_device(name, flag)`: the torch device a `--device` value names, checked to exist here.
 - `get_rank()`, `get_world_size()`, `get_local_rank()`, `is_main()` (rank 0),
   `launcher()` ("torchrun", "mpi", "slurm" or "single").
 - `barrier()`: wait for every rank.
@@ -29,22 +31,25 @@ API (every helper also works before `setup_dist()` or after `cleanup()`, as one 
 - `all_ranks_true(flag)`: True on every rank iff `flag` is true on every rank.
 - `load_state_dict(path, map_location=None)`: rank 0 reads `path` (local or gs://, az://
   through blobfile) and broadcasts the bytes; every rank returns `torch.load` of them.
-  Must be called by every rank.
+  Must be called by every rank; an unreadable file is a one-line CheckpointError naming it.
 - `cleanup()`: leave the process group.
 - `abort(exit_code)`: for scripts whose rank hit an error while other ranks may wait in a
   collective: under MPI, MPI_Abort stops every rank; otherwise this process exits at once
   (skipping interpreter shutdown, which could wait on the group) and torchrun stops the rest.
 """
 
-import io
 import os
 import socket
+import sys
+import threading
+import time
 
 import blobfile as bf
 import torch
 import torch.distributed as dist
 
 from . import device_health
+from .checkpoint import CheckpointError, load_state_bytes
 
 # Broadcast large files in pieces: a single multi-GB message overflows some transports.
 _BROADCAST_CHUNK_BYTES = 1 << 28
@@ -53,6 +58,11 @@ _MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WOR
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # Checked after MPI: mpiexec inside a SLURM allocation leaves the batch step's SLURM_PROCID in every rank.
 _SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "MASTER_ADDR", "MASTER_PORT")
+
+# How often a rank checks that its launcher is still there.
+LAUNCHER_POLL_SECONDS = 1.0
+# How long a failing rank under MPI lets its last output travel before MPI_Abort.
+ABORT_GRACE_SECONDS = 0.5
 
 _state = {"launcher": None, "local_rank": 0, "cuda": None, "report": None}
 
@@ -129,10 +139,34 @@ def setup_dist(backend=None, device=""):
     dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
     _state.update(launcher=kind, local_rank=local_rank, cuda=cuda)
     _state["report"] = device_health.describe(rank, world_size, local_rank, dev(), backend, kind)
+    if kind != "single":
+        # A plain process may outlive its shell on purpose (nohup); a rank has no use without its launcher.
+        launcher_pid = os.getppid()
+        exit_when_parent_dies(launcher_pid, f"rank {rank}: its launcher ({kind}, pid {launcher_pid}) is gone; exiting")
 
 
 def _cuda():
     return torch.cuda.is_available() if _state["cuda"] is None else _state["cuda"]
+
+
+def exit_when_parent_dies(parent_pid, message=None, poll_seconds=LAUNCHER_POLL_SECONDS):
+    """End this process (exit status 1, after printing `message`) once `parent_pid` is no longer its parent.
+
+    A launcher killed without passing the kill on (torchrun's agent after kill -9)
+    would leave its ranks training and writing checkpoints for nobody. A daemon
+    thread polls the parent pid rather than asking for prctl(PR_SET_PDEATHSIG):
+    that signal fires when the *thread* that forked the child ends, is Linux-only,
+    and would arrive as a signal that preemption handlers may claim.
+    """
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        if message:
+            print(message, file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-when-parent-dies", daemon=True).start()
 
 
 def dev():
@@ -144,6 +178,22 @@ def dev():
 def device_report():
     """This rank's start-up line (see `device_health.describe`); a plain description before `setup_dist`."""
     return _state["report"] or device_health.describe(0, 1, 0, dev(), "none", "single")
+
+
+def resolve_device(name=None, flag="--device"):
+    """The torch.device of a `--device` value (None: cuda when available, else cpu); ValueError if it is not here."""
+    if name is None or name == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{flag} {name!r}: not a device name (expected cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {name}: no CUDA GPU is available on this machine; use {flag} cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
 
 
 def get_rank():
@@ -237,12 +287,14 @@ def load_state_dict(path, map_location=None, weights_only=True):
             with bf.BlobFile(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            error = f"{path}: no such file"
+            error = ("missing", f"{path}: no such file")
+        except OSError as e:
+            error = ("unreadable", f"checkpoint {path}: cannot read it ({e.strerror or e})")
     error = broadcast_object(error)
     if error is not None:
-        raise FileNotFoundError(error)
+        raise (FileNotFoundError if error[0] == "missing" else CheckpointError)(error[1])
     data = broadcast_bytes(data)
-    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
+    return load_state_bytes(data, path, map_location=map_location, weights_only=weights_only)
 
 
 def cleanup():
@@ -253,12 +305,13 @@ def cleanup():
 
 def abort(exit_code=1):
     """End the whole job from this rank (see the module docstring); never returns."""
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     if _state["launcher"] == "mpi":
         from mpi4py import MPI
 
+        # mpiexec relays a rank's output through its proxy, which MPI_Abort may kill
+        # before the error line just printed got through.
+        time.sleep(ABORT_GRACE_SECONDS)
         MPI.COMM_WORLD.Abort(exit_code)
     os._exit(exit_code)

@@ -27,15 +27,28 @@ def is_image_file(name):
     return not base.startswith(".") and base.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS and "." in base
 
 
+class ImageDecodeError(ValueError):
+    """Bytes that are not a readable image: `origin` names where they came from, `reason` says why."""
+
+    def __init__(self, origin, reason):
+        super().__init__(f"cannot read image {origin}: {reason}")
+        self.origin = origin
+        self.reason = reason
+
+
 def decode_image(data, origin):
-    """RGB PIL image from encoded bytes; a file that cannot be decoded raises ValueError naming `origin` and why."""
+    """RGB PIL image from encoded bytes; bytes that cannot be decoded raise ImageDecodeError naming `origin` and why.
+
+    Every reader of image files goes through here: PIL's own error for bytes in
+    memory names only `<_io.BytesIO object at 0x...>`.
+    """
     try:
         pil_image = Image.open(io.BytesIO(data))
         pil_image.load()
     except UnidentifiedImageError:
-        raise ValueError(f"cannot read image {origin}: not in an image format PIL can decode") from None
+        raise ImageDecodeError(origin, "not in an image format PIL can decode") from None
     except DECODE_ERRORS as e:
-        raise ValueError(f"cannot read image {origin}: {type(e).__name__}: {e}") from None
+        raise ImageDecodeError(origin, f"{type(e).__name__}: {e}") from None
     return to_rgb(pil_image)
 
 

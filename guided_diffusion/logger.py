@@ -13,6 +13,8 @@ Every rank calls `dumpkvs()` together: interval means are combined over ranks (w
 by how many values each rank logged), and only rank 0 writes. A remote log dir (gs://,
 az://) cannot be appended to, so its text files are kept in a local staging folder and
 uploaded by `sync()` (the training loop calls it at every checkpoint and at the end).
+A resumed run drops the progress.csv rows past the step it resumes from
+(`drop_rows_after`), so that every step appears once.
 """
 
 import datetime
@@ -25,7 +27,7 @@ import tempfile
 import blobfile as bf
 import torch.distributed as dist
 
-from .atomic import is_remote
+from .atomic import atomic_write_text, is_remote
 
 
 def _format_value(value):
@@ -83,6 +85,26 @@ class CSVOutput:
                     f.write(row + padding + "\n")
         with open(self.path, "a") as f:
             f.write(",".join("" if kvs.get(k) is None else str(kvs[k]) for k in self.keys) + "\n")
+
+    def drop_rows_after(self, key, limit):
+        """Remove the rows whose numeric `key` exceeds `limit`; returns how many there were."""
+        if key not in self.keys or not os.path.exists(self.path):
+            return 0
+        with open(self.path) as f:
+            header, *rows = f.read().splitlines()
+        column = self.keys.index(key)
+
+        def past_limit(row):
+            cells = row.split(",")
+            try:
+                return column < len(cells) and float(cells[column]) > limit
+            except ValueError:
+                return False
+
+        kept = [row for row in rows if not past_limit(row)]
+        if len(kept) != len(rows):
+            atomic_write_text(self.path, "\n".join([header, *kept]) + "\n")
+        return len(rows) - len(kept)
 
 
 class JSONOutput:
@@ -250,6 +272,10 @@ class Logger:
         self.name_to_count.clear()
         return kvs
 
+    def drop_rows_after(self, key, limit):
+        """Drop the progress.csv rows past `limit` in column `key`: a resumed run writes them again."""
+        return sum(output.drop_rows_after(key, limit) for output in self.outputs if isinstance(output, CSVOutput))
+
     def log(self, *args):
         text = " ".join(str(a) for a in args) + "\n"
         for output in self.text_outputs:
@@ -316,6 +342,10 @@ def logkv_mean(key, value):
 
 def dumpkvs():
     return _current.dumpkvs()
+
+
+def drop_rows_after(key, limit):
+    return _current.drop_rows_after(key, limit)
 
 
 def log(*args):

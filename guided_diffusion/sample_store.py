@@ -8,7 +8,8 @@
 
 Every file is written atomically. Batches are cut on the grid [k B, (k + 1) B)
 and around what is already on disk, so any interrupted run can be completed
-by sampling only the missing indices.
+by sampling only the missing indices; the temp files of writes it was killed
+in (a merge temp of 50K 256x256 images is 9.8 GB) are removed then.
 """
 
 import contextlib
@@ -22,13 +23,14 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_open, atomic_write_text
+from .atomic import atomic_open, atomic_write_text, remove_stale_temps
 
 RUN_FILE = "run.json"
 BATCH_DIR = "batches"
 PNG_DIR = "png"
 BATCH_FILE_PATTERN = re.compile(r"^batch_(\d+)_(\d+)\.npz$")
 SAMPLES_FILE_PATTERN = re.compile(r"^samples_\d+x\d+x\d+x3\.npz$")
+PNG_FILE_PATTERN = re.compile(r"^\d+\.png$")
 
 # Zip member timestamps are fixed so that equal samples give byte-equal npz files.
 _ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
@@ -94,7 +96,7 @@ def write_batch_file(batch_dir, first, images, labels=None):
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
     path = os.path.join(batch_dir, batch_file_name(first, last))
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb", size_hint=images.nbytes) as f:
         np.savez(f, **arrays)
     return path
 
@@ -157,7 +159,8 @@ def merge_batches(batch_dir, num_samples, out_path):
     shape = (num_samples,) + head[1].shape[1:]
     has_labels = head[2] is not None
     labels = np.zeros(num_samples, dtype=np.int64) if has_labels else None
-    with atomic_open(out_path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+    size = int(np.prod(shape)) + (labels.nbytes if has_labels else 0)
+    with atomic_open(out_path, "wb", size_hint=size) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         with _npy_member(zf, "arr_0.npy", shape, np.uint8) as member:
             for first, images, batch_labels in itertools.chain([head], samples):
                 if images.shape[1:] != shape[1:] or images.dtype != np.uint8:
@@ -206,6 +209,30 @@ def make_out_dir(out_dir):
         raise OutDirError(f"--out_dir {out_dir}: cannot create it ({e.strerror or e})") from None
     if not os.access(out_dir, os.W_OK):
         raise OutDirError(f"--out_dir {out_dir}: not writable")
+
+
+def shard_lock_name(shard, num_shards):
+    """The run-lock file of a sampling task: the whole out_dir's, or one per shard (shards write side by side)."""
+    return ".lock" if num_shards == 1 else f".lock-shard{shard}-of-{num_shards}"
+
+
+def remove_stale_temps_of_run(out_dir, batch_size=None, shard=0, num_shards=1):
+    """Delete the temp files of this layout's outputs that a killed run left; returns their paths.
+
+    Hold the out_dir's run lock: a live writer's temp file looks the same. A shard
+    holds only its own lock, so it removes only the temps of its own batch files
+    (PNGs and merges may be in flight from the other shards).
+    """
+    if num_shards > 1:
+        def own_batch(name):
+            match = BATCH_FILE_PATTERN.match(name)
+            return match is not None and (int(match.group(1)) // batch_size) % num_shards == shard
+
+        return remove_stale_temps(os.path.join(out_dir, BATCH_DIR), owns=own_batch)
+    removed = remove_stale_temps(out_dir, owns=lambda name: name.endswith(".json") or SAMPLES_FILE_PATTERN.match(name))
+    removed += remove_stale_temps(os.path.join(out_dir, BATCH_DIR), owns=BATCH_FILE_PATTERN.match)
+    removed += remove_stale_temps(os.path.join(out_dir, PNG_DIR), owns=PNG_FILE_PATTERN.match)
+    return removed
 
 
 def remove_other_merges(out_dir, keep_path):

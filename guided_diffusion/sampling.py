@@ -26,8 +26,8 @@ rename, so the npz has the same bytes either way, and the same bytes as
 one job's.
 """
 
+import contextlib
 import datetime
-import hashlib
 import json
 import os
 import time
@@ -37,8 +37,9 @@ import numpy as np
 import torch as th
 import torch.distributed as dist
 
-from . import checkpoint, dist_util, fast_paths, samplers, weighting
+from . import checkpoint, dist_util, fast_paths, run_lock, samplers, weighting
 from .atomic import atomic_write_text
+from .checkpoint import file_sha256
 from .fp16_util import fp16_fallback_note, resolve_precision
 from .image_ops import to_uint8_nhwc
 from .respace import space_timesteps
@@ -54,9 +55,11 @@ from .sample_store import (
     merge_batches,
     plan_batches,
     remove_other_merges,
+    remove_stale_temps_of_run,
     samples_file_name,
     scan_batch_files,
     shard_batches,
+    shard_lock_name,
     write_batch_file,
     write_pngs,
 )
@@ -85,7 +88,7 @@ class NonFiniteSamplesError(ArithmeticError):
     """A batch came out NaN or infinite; written as images it would silently turn black."""
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, OutDirError, NonFiniteSamplesError)
+USER_ERRORS = (ValueError, OSError, NonFiniteSamplesError)
 
 
 # ---- flags ---------------------------------------------------------------------------------------
@@ -257,14 +260,6 @@ def class_labels_for(indices, mode, seed, num_classes):
 # ---- run directory -------------------------------------------------------------------------------
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with bf.BlobFile(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _main_then_share(fn):
     """Run `fn` on rank 0 and give every rank its result, or raise its user error on every rank.
 
@@ -345,7 +340,14 @@ def sample_to_dir(flags, progress=True):
     every rank, a dict with `npz` (the merged file's path, set on rank 0 only, and
     only once every index is on disk), `images_sampled` (by all ranks in this
     call), `seconds` and `images_missing` (indices other shards still owe).
+    Rank 0 holds the out_dir's run lock meanwhile: one run writes an out_dir at a
+    time, or, with --num_shards, one run per shard.
     """
+    with contextlib.ExitStack() as held:
+        return _sample_to_dir(flags, progress, held)
+
+
+def _sample_to_dir(flags, progress, held):
     device = dist_util.dev()
     given = flags
     flags = validate_flags(flags, device.type)
@@ -362,7 +364,21 @@ def sample_to_dir(flags, progress=True):
     def check_paths():
         if not bf.exists(flags["model_path"]):
             raise FileNotFoundError(f"--model_path {flags['model_path']}: no such file")
+        if bf.isdir(flags["model_path"]):
+            raise ValueError(f"--model_path {flags['model_path']}: is a directory; expected a model file (model*.pt, ema_*.pt)")
         make_out_dir(out_dir)
+        lock = held.enter_context(
+            run_lock.hold(
+                out_dir,
+                "--out_dir" if flags["num_shards"] == 1 else f"--out_dir (shard {flags['shard']} of {flags['num_shards']})",
+                clean=lambda directory: remove_stale_temps_of_run(
+                    directory, flags["batch_size"], flags["shard"], flags["num_shards"]
+                ),
+                name=shard_lock_name(flags["shard"], flags["num_shards"]),
+            )
+        )
+        for note in lock.notes if lock else []:
+            print(note, flush=True)
 
     _main_then_share(check_paths)
     model, diffusion = load_model_and_diffusion(flags, device)

@@ -326,6 +326,10 @@ def load_config(path, defaults, sections=None):
             raw = tomllib.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"--config {path}: is a directory; expected a TOML file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--config {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"--config {path}: not valid TOML ({e})") from None
     flat = {}

@@ -19,10 +19,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import dist_util, fast_paths, logger, preemption
+from . import dist_util, fast_paths, logger, preemption, run_lock
 from .checkpoint import (
     CheckpointError,
     check_state_dict,
+    remove_stale_temps_of_checkpoints,
     resolve_resume_checkpoint,
     save_checkpoint,
     state_dict_digest,
@@ -197,6 +198,8 @@ class TrainLoop:
         )
         if resume_checkpoint and resume is None:
             logger.log(f"--resume_checkpoint auto: no complete checkpoint in {self.log_dir}; starting at step 0")
+        if resume is not None and resume.note:
+            logger.warn(resume.note)
         if resume is not None:
             self._load_model(resume)
         dist_util.sync_params(list(model.parameters()) + list(model.buffers()))
@@ -211,6 +214,9 @@ class TrainLoop:
         if resume is not None:
             self._load_training_state(resume)
             self._last_saved_step = self.step
+        dropped = logger.drop_rows_after("step", self.step)
+        if dropped:
+            logger.log(f"progress.csv: dropped {dropped} row(s) past step {self.step}, which this run does again")
 
         if dist.is_initialized():
             device_ids = [dist_util.dev()] if dist_util.dev().type == "cuda" else None
@@ -461,13 +467,16 @@ def train(flags, given=()):
     parameters_note = check_given_parameters(flags["weight_schedule"], given)
     rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
     log_dir = dist_util.broadcast_object(flags["log_dir"] or logger.default_log_dir())
-    logger.configure(log_dir, rank=rank)
-    # Installed before the data loader forks its workers, so that they inherit the handler instead of dying.
-    try:
-        with preemption.StopSignals() as stop_signals:
-            return _train(flags, log_dir, rank, world_size, parameters_note, stop_signals)
-    finally:
-        logger.close()
+    with run_lock.hold(log_dir, "--log_dir", enabled=rank == 0, clean=remove_stale_temps_of_checkpoints) as lock:
+        logger.configure(log_dir, rank=rank)
+        try:
+            for note in lock.notes if lock else []:
+                logger.log(note)
+            # Installed before the data loader forks its workers, so that they inherit the handler instead of dying.
+            with preemption.StopSignals() as stop_signals:
+                return _train(flags, log_dir, rank, world_size, parameters_note, stop_signals)
+        finally:
+            logger.close()
 
 
 def _train(flags, log_dir, rank, world_size, parameters_note, stop_signals):

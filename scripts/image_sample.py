@@ -13,7 +13,7 @@ See the README's "Sampling" section for the flags and the layout of --out_dir.
 
 import sys
 
-from guided_diffusion import checkpoint_flags, dist_util, flag_help, preemption, sampling
+from guided_diffusion import checkpoint_flags, dist_util, flag_help, job, preemption, sampling
 from guided_diffusion.script_util import create_argparser, parse_flags_and_given
 
 
@@ -30,37 +30,35 @@ def parse_flags(argv):
 
 
 def main(argv=None):
-    try:
+    def run():
         flags = checkpoint_flags.sampling_flags(*parse_command_line(sys.argv[1:] if argv is None else argv))
         dist_util.setup_dist(device=flags["device"])
-        with preemption.raise_on_stop_signals():
-            result = sampling.sample_to_dir(flags)
-    except preemption.StopRequested as stop:
-        print(
-            f"image_sample.py: stopped by {stop.signal_name}; every batch file on disk is complete, a re-run samples "
-            f"the rest (exit {preemption.REQUEUE_EXIT_CODE}: requeue me)",
-            file=sys.stderr,
-            flush=True,
-        )
-        if dist_util.get_world_size() > 1:
-            dist_util.abort(preemption.REQUEUE_EXIT_CODE)
-        return preemption.REQUEUE_EXIT_CODE
-    except sampling.USER_ERRORS as e:
-        print(f"image_sample.py: error: {e}", file=sys.stderr, flush=True)
-        if dist_util.get_world_size() > 1:
-            # Other ranks may be waiting for this one in a collective.
-            dist_util.abort(1)
-        return 1
-    dist_util.cleanup()
-    if result["npz"]:
-        rate = result["images_sampled"] / result["seconds"] if result["seconds"] > 0 else 0.0
-        print(f"wrote {result['npz']} ({result['images_sampled']} images sampled now, {rate:.2f} images/s)")
-    elif result["images_missing"]:
-        print(
-            f"shard {flags['shard']} of {flags['num_shards']} done ({result['images_sampled']} images sampled now); "
-            f"{result['images_missing']} images still to come from other shards, the last to finish merges"
-        )
-    return 0
+        try:
+            with preemption.raise_on_stop_signals():
+                result = sampling.sample_to_dir(flags)
+        except preemption.StopRequested as stop:
+            print(
+                f"image_sample.py: stopped by {stop.signal_name}; every batch file on disk is complete, a re-run "
+                f"samples the rest (exit {preemption.REQUEUE_EXIT_CODE}: requeue me)",
+                file=sys.stderr,
+                flush=True,
+            )
+            if dist_util.get_world_size() > 1:
+                dist_util.abort(preemption.REQUEUE_EXIT_CODE)
+            dist_util.cleanup()
+            return preemption.REQUEUE_EXIT_CODE
+        dist_util.cleanup()
+        if result["npz"]:
+            rate = result["images_sampled"] / result["seconds"] if result["seconds"] > 0 else 0.0
+            print(f"wrote {result['npz']} ({result['images_sampled']} images sampled now, {rate:.2f} images/s)")
+        elif result["images_missing"]:
+            print(
+                f"shard {flags['shard']} of {flags['num_shards']} done ({result['images_sampled']} images sampled "
+                f"now); {result['images_missing']} images still to come from other shards, the last to finish merges"
+            )
+        return 0
+
+    return job.run_main(run, "image_sample.py", user_errors=sampling.USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ SIGUSR1 every rank stops at the same step, writes a checkpoint and exits with 75
 
 import sys
 
-from guided_diffusion import dist_util, flag_help, preemption
-from guided_diffusion.checkpoint import CheckpointError
+from guided_diffusion import dist_util, flag_help, job, preemption
 from guided_diffusion.script_util import create_argparser, parse_flags_and_given
 from guided_diffusion.train_util import TrainingError, image_train_defaults, train
 
@@ -31,19 +30,14 @@ def parse_flags(argv):
 
 
 def main(argv=None):
-    try:
+    def run():
         flags, given = parse_command_line(sys.argv[1:] if argv is None else argv)
         dist_util.setup_dist(device=flags["device"])
         loop = train(flags, given)
-    except (ValueError, OSError, CheckpointError, TrainingError) as e:
-        print(f"image_train.py: error: {e}", file=sys.stderr, flush=True)
-        if dist_util.get_world_size() > 1:
-            # Other ranks may be waiting for this one in a collective.
-            dist_util.abort(1)
-        return 1
-    is_main = dist_util.is_main()
-    dist_util.cleanup()
-    if loop.stopped_by_signal:
+        is_main = dist_util.is_main()
+        dist_util.cleanup()
+        if not loop.stopped_by_signal:
+            return 0
         if is_main:
             print(
                 f"image_train.py: stopped by a signal at step {loop.step}, checkpoint written; exit "
@@ -52,7 +46,8 @@ def main(argv=None):
                 flush=True,
             )
         return preemption.REQUEUE_EXIT_CODE
-    return 0
+
+    return job.run_main(run, "image_train.py", user_errors=(TrainingError,))
 
 
 if __name__ == "__main__":
