@@ -13,6 +13,7 @@ import re
 import urllib.error
 
 import numpy as np
+import scipy.linalg
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -207,14 +208,27 @@ def test_frechet_distance_rejects_bad_statistics():
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
     with pytest.raises(EvaluationError, match="at least 2 samples, got 1"):
         gaussian_statistics(np.ones((1, 5)))
-    # A "covariance" with a negative eigenvalue has no real square root: the imaginary check must fire.
-    with pytest.raises(EvaluationError, match="imaginary component"):
+    # A "covariance" with a negative eigenvalue has no real square root.
+    with pytest.raises(EvaluationError, match="first covariance is not a covariance: it has a negative eigenvalue -1"):
         frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
+    with pytest.raises(EvaluationError, match="second covariance is not a covariance"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.diag([1.0, -1.0]))
+
+
+@pytest.mark.parametrize("num_samples", [20, 90, 400])
+def test_frechet_distance_equals_scipys_matrix_square_root_formula(num_samples):
+    """The eigenvalue route gives what sqrtm(S1 S2) gives, with singular (N < D) and full-rank covariances."""
+    rng = np.random.default_rng(num_samples)
+    mixing = rng.normal(size=(48, 48)) * 0.3
+    mu1, sigma1 = gaussian_statistics(rng.normal(size=(400, 48)) @ mixing)
+    mu2, sigma2 = gaussian_statistics(rng.normal(0.4, 1.1, size=(num_samples, 48)) @ mixing)
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(sigma1 + sigma2) - 2 * np.trace(scipy.linalg.sqrtm(sigma1 @ sigma2)).real
+    assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-7)
 
 
 @pytest.mark.parametrize("num_samples", [20, 90])
 def test_frechet_distance_of_features_equals_the_matrix_square_root_formula(num_samples):
-    """The N x N eigenvalue route gives scipy's sqrtm answer, with fewer samples than dimensions and with more."""
+    """The N x N Gram-matrix route gives the D x D formula's answer, with fewer samples than dimensions and with more."""
     rng = np.random.default_rng(num_samples)
     mixing = rng.normal(size=(48, 48)) * 0.3
     reference = rng.normal(size=(400, 48)) @ mixing
