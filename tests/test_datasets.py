@@ -6,7 +6,10 @@ import json
 import os
 import pickle
 import signal
+import contextlib
+import io
 import subprocess
+import types
 import sys
 import tarfile
 import time
@@ -18,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasets import prepare as prepare_cli
 from datasets import (
     DatasetPreparationWarning,
     DatasetSourceError,
@@ -469,9 +473,11 @@ def test_embedded_colour_statistics_vary_between_and_within_images(tmp_path):
 
 
 def run_script(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(PREPARE), *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    """datasets/prepare.py's main, in this process: (returncode, stdout, stderr) like a finished process."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = prepare_cli.main([str(a) for a in args])
+    return types.SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
 def test_script_prepares_cifar10(tmp_path):
