@@ -1,18 +1,17 @@
 """Dataset preparation: every source format, resume and idempotence, corrupt files, the embedded faces."""
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import pickle
 import signal
-import contextlib
-import io
 import subprocess
-import types
 import sys
 import tarfile
 import time
+import types
 import warnings
 import zipfile
 from pathlib import Path
