@@ -1,4 +1,4 @@
-"""Colour shift as numbers: per-channel statistics of sample sets against the training set.
+"""Colour shift and leftover noise as numbers: statistics of sample sets against the training set.
 
 The paper shows colour shift by eye (Fig. 1, 6). Here every set of images is
 summarised, in [0, 255] units, by its per-channel pixel mean and standard
@@ -12,7 +12,11 @@ image's spatial mean colour. Against the reference set a sample set gets
   that tints each image differently inflates (the paper's Fig. 1);
 - spatial_mean_fd: the Frechet distance between Gaussians fitted to the
   per-image mean colours, which also sees tints that vary from image to
-  image and cancel in the set mean.
+  image and cancel in the set mean;
+- rough_fraction: the share of images whose roughness (mean absolute
+  difference between neighbouring pixels) exceeds the 99th percentile of
+  the reference images' roughness: grain or leftover noise, which the
+  colour numbers alone do not reveal.
 """
 
 import numpy as np
@@ -27,16 +31,28 @@ from .plotting import new_figure
 
 CHANNELS = ("r", "g", "b")
 REFERENCE_LABEL = "reference"
+# An image rougher than this percentile of the reference images counts as rough.
+ROUGH_PERCENTILE = 99.0
+
+
+def roughness(images):
+    """Per image, the mean absolute difference between vertically and between horizontally neighbouring
+    pixels, summed over the two directions, in [0, 255] units."""
+    values = images.astype(np.float64)
+    vertical = np.abs(np.diff(values, axis=1)).mean(axis=(1, 2, 3))
+    horizontal = np.abs(np.diff(values, axis=2)).mean(axis=(1, 2, 3))
+    return vertical + horizontal
 
 
 class ChannelStatistics:
-    """Running per-channel sums over pixels, plus every image's mean colour, in float64."""
+    """Running per-channel sums over pixels, plus every image's mean colour and roughness, in float64."""
 
     def __init__(self):
         self.pixels = 0
         self.sum = np.zeros(3)
         self.sum_of_squares = np.zeros(3)
         self.image_means = []
+        self.image_roughness = []
 
     def update(self, images):
         values = images.reshape(images.shape[0], -1, 3).astype(np.float64)
@@ -44,6 +60,7 @@ class ChannelStatistics:
         self.sum += values.sum(axis=(0, 1))
         self.sum_of_squares += (values**2).sum(axis=(0, 1))
         self.image_means.append(values.mean(axis=1))
+        self.image_roughness.append(roughness(images))
 
     def summary(self):
         if self.pixels == 0:
@@ -51,7 +68,7 @@ class ChannelStatistics:
         mean = self.sum / self.pixels
         std = np.sqrt(np.maximum(self.sum_of_squares / self.pixels - mean**2, 0.0))
         return {"num_images": sum(m.shape[0] for m in self.image_means), "mean": mean, "std": std,
-                "image_means": np.concatenate(self.image_means)}
+                "image_means": np.concatenate(self.image_means), "roughness": np.concatenate(self.image_roughness)}
 
 
 def image_set_statistics(path, image_size=None, batch_size=256, limit=None, progress=True, description=None):
@@ -77,6 +94,7 @@ def compare(sample, reference):
         "mean_shift_l2": float(np.linalg.norm(sample["mean"] - reference["mean"])),
         "mean_spread": float(sample["image_means"].std(axis=0, ddof=1).mean()) if len(sample["image_means"]) > 1 else float("nan"),
         "spatial_mean_fd": fitted_frechet_distance(sample["image_means"], reference["image_means"]),
+        "rough_fraction": float(np.mean(sample["roughness"] > np.percentile(reference["roughness"], ROUGH_PERCENTILE))),
     }
 
 
@@ -124,7 +142,7 @@ def write_color_shift(result, prefix):
         ["checkpoint", "steps", "num_images"]
         + [f"mean_{c}" for c in CHANNELS] + [f"std_{c}" for c in CHANNELS]
         + [f"mean_diff_{c}" for c in CHANNELS] + [f"std_ratio_{c}" for c in CHANNELS]
-        + ["mean_shift_l2", "mean_spread", "spatial_mean_fd"]
+        + ["mean_shift_l2", "mean_spread", "spatial_mean_fd", "rough_fraction"]
     )
     rows = []
     for name, steps, summary, numbers in result["rows"]:
@@ -132,7 +150,7 @@ def write_color_shift(result, prefix):
             [name, "" if steps is None else steps, summary["num_images"]]
             + [float(v) for v in summary["mean"]] + [float(v) for v in summary["std"]]
             + [float(v) for v in numbers["mean_diff"]] + [float(v) for v in numbers["std_ratio"]]
-            + [numbers["mean_shift_l2"], numbers["mean_spread"], numbers["spatial_mean_fd"]]
+            + [numbers["mean_shift_l2"], numbers["mean_spread"], numbers["spatial_mean_fd"], numbers["rough_fraction"]]
         )
     csv_path = write_csv(prefix + ".csv", header, rows)
     png_path = save_figure(_color_shift_figure(result), prefix + ".png", dpi=110)

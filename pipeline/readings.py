@@ -4,7 +4,7 @@ Every sentence is built from a number computed here and says which way it goes,
 for every weighting against constant weighting, so that a report never claims
 more than its tables show. Inputs are the results registry (FID, KID and their
 uncertainties), the MSE-step CSV (noise and image error per t) and the colour
-CSV (per-image mean colours of the samples at each T).
+CSV (per-image mean colours and the share of rough samples at each T).
 """
 
 import dataclasses
@@ -61,6 +61,7 @@ class ColourRow:
     spread: float
     fd: float
     pixel_std: float
+    rough_fraction: float
 
 
 def colour_rows(rows):
@@ -69,7 +70,8 @@ def colour_rows(rows):
     for row in rows:
         std = np.mean([float(row[f"std_{c}"]) for c in "rgb"])
         steps = int(row["steps"]) if row.get("steps") not in (None, "") else None
-        out.append(ColourRow(row["checkpoint"], steps, float(row["mean_spread"]), float(row["spatial_mean_fd"]), std))
+        out.append(ColourRow(row["checkpoint"], steps, float(row["mean_spread"]), float(row["spatial_mean_fd"]), std,
+                             float(row["rough_fraction"])))
     return out
 
 
@@ -85,31 +87,59 @@ def fid_cells(records, dataset):
     return cells
 
 
-def _resolved(value, base, std, base_std):
+def _resolution(value, base, std, base_std):
+    """' (resolved)', ' (within the uncertainty)', or '' without both standard deviations."""
     if None in (value, base, std, base_std):
-        return None
-    return abs(value - base) > RESOLVED_SIGMAS * float(np.hypot(std, base_std))
+        return ""
+    resolved = abs(value - base) > RESOLVED_SIGMAS * float(np.hypot(std, base_std))
+    return " (resolved)" if resolved else " (within the uncertainty)"
+
+
+def _reversals(by, steps, fd, others):
+    """A sentence naming the T at which a weighting's Frechet distance lies on the other side of constant's
+    than its average over T does ('' when every T agrees with the average)."""
+    sentences = []
+    for s in steps:
+        base = by.get((BASELINE, s))
+        flipped = [r for r in others if base and (r, s) in by and r in fd
+                   and np.sign(by[(r, s)].fd - base.fd) * np.sign(fd[r] - fd[BASELINE]) < 0]
+        if flipped:
+            sentences.append(f"at T={s} " + ", ".join(f"{r} ({by[(r, s)].fd:.1f})" for r in flipped)
+                             + f" {'is' if len(flipped) == 1 else 'are'} on the other side of constant ({base.fd:.1f})")
+    return f" Not at every T: {'; '.join(sentences)}." if sentences else ""
+
+
+def _colour_lines(runs, colour, data_spread):
+    others = [r for r in runs if r != BASELINE]
+    steps = sorted({c.steps for c in colour if c.steps is not None})
+    by = {(c.run, c.steps): c for c in colour}
+    fd = {r: np.mean([by[(r, s)].fd for s in steps if (r, s) in by]) for r in runs if any((r, s) in by for s in steps)}
+    spread = {r: [by[(r, s)].spread for s in steps if (r, s) in by] for r in runs}
+    if BASELINE not in fd:
+        return []
+    parts = [f"{r} {describe_change(relative_change(fd[r], fd[BASELINE]))} ({fd[r]:.1f})" for r in others if r in fd]
+    rough = [f"{r} " + "/".join(f"{100 * by[(r, s)].rough_fraction:.0f}" for s in steps if (r, s) in by) + "%"
+             for r in runs if spread.get(r)]
+    last = steps[-1]
+    rough_change = [f"{r} {describe_change(relative_change(by[(r, last)].rough_fraction, by[(BASELINE, last)].rough_fraction))}"
+                    for r in others if (r, last) in by and (BASELINE, last) in by]
+    return [
+        f"**Colour shift.** Averaged over T = {', '.join(map(str, steps))}, the Frechet distance between the "
+        f"per-image mean colours of the samples and of the training images is {fd[BASELINE]:.1f} for constant "
+        f"weighting; against it: {'; '.join(parts)}.{_reversals(by, steps, fd, others)} The spread of per-image "
+        f"mean colour is {min(spread[BASELINE]):.0f}-{max(spread[BASELINE]):.0f} for constant and "
+        + "; ".join(f"{min(spread[r]):.0f}-{max(spread[r]):.0f} for {r}" for r in others if spread.get(r))
+        + f", against {data_spread:.0f} for the training images.",
+        f"**Grain.** The share of samples rougher (mean absolute difference of neighbouring pixels) than 99% of the "
+        f"training images, at T = {'/'.join(map(str, steps))}: {'; '.join(rough)}. At T={last}, against constant "
+        f"weighting: {'; '.join(rough_change)}.",
+    ]
 
 
 def headline(runs, colour, mse_means, x0_means, fid, data_spread):
     """Bullet sentences, one per reading, each stating its direction for every weighting against constant."""
     others = [r for r in runs if r != BASELINE]
-    lines = []
-    if colour:
-        steps = sorted({c.steps for c in colour if c.steps is not None})
-        by = {(c.run, c.steps): c for c in colour}
-        fd = {r: np.mean([by[(r, s)].fd for s in steps if (r, s) in by]) for r in runs if any((r, s) in by for s in steps)}
-        spread = {r: [by[(r, s)].spread for s in steps if (r, s) in by] for r in runs}
-        if BASELINE in fd:
-            parts = [f"{r} {describe_change(relative_change(fd[r], fd[BASELINE]))} ({fd[r]:.1f})" for r in others if r in fd]
-            lines.append(
-                f"**Colour shift.** Averaged over T = {', '.join(map(str, steps))}, the Frechet distance between the "
-                f"per-image mean colours of the samples and of the training images is {fd[BASELINE]:.1f} for constant "
-                f"weighting; against it: {'; '.join(parts)}. The spread of per-image mean colour is "
-                f"{min(spread[BASELINE]):.0f}-{max(spread[BASELINE]):.0f} for constant and "
-                + "; ".join(f"{min(spread[r]):.0f}-{max(spread[r]):.0f} for {r}" for r in others if spread.get(r))
-                + f", against {data_spread:.0f} for the training images."
-            )
+    lines = _colour_lines(runs, colour, data_spread) if colour else []
     if mse_means and x0_means:
         base_noisy = x0_means.get((BASELINE, NOISY_BAND))
         initial = mse_means.get((INITIAL, NOISY_BAND))
@@ -139,14 +169,17 @@ def headline(runs, colour, mse_means, x0_means, fid, data_spread):
             cell = cells.get(r)
             if cell is None:
                 continue
-            resolved = _resolved(cell["fid"], base["fid"], cell.get("fid_std"), base.get("fid_std"))
-            note = "" if resolved is None else (" (resolved)" if resolved else " (within the uncertainty)")
-            kid = "" if cell.get("kid") is None else f", KID {describe_change(relative_change(cell['kid'], base['kid']))}"
-            parts.append(f"{r} FID {describe_change(relative_change(cell['fid'], base['fid']))}{note}{kid}")
+            fid_text = f"FID {describe_change(relative_change(cell['fid'], base['fid']))}"
+            fid_text += _resolution(cell["fid"], base["fid"], cell.get("fid_std"), base.get("fid_std"))
+            if cell.get("kid") is not None and base.get("kid") is not None:
+                fid_text += f", KID {describe_change(relative_change(cell['kid'], base['kid']))}"
+                fid_text += _resolution(cell["kid"], base["kid"], cell.get("kid_std"), base.get("kid_std"))
+            parts.append(f"{r} {fid_text}")
         lines.append(
             f"**FID and KID** ({sampler.upper()} T={steps}, {base['num_samples']} samples; lower is better). Against "
             f"constant weighting: {'; '.join(parts)}. A difference is called resolved when it exceeds "
-            f"{RESOLVED_SIGMAS:g} bootstrap standard deviations of the difference."
+            f"{RESOLVED_SIGMAS:g} standard deviations of the difference (FID: bootstrap over samples; KID: spread "
+            "over subsets)."
         )
     return lines
 

@@ -69,16 +69,19 @@ def band_table(means, runs, column_label, digits=4):
 
 
 def colour_table(colour, runs):
-    """Rows T x runs: spread of per-image mean colour, its Frechet distance to the data's, pixel std."""
+    """Rows T x runs: spread of per-image mean colour, its Frechet distance to the data's, pixel std, and the
+    share of rough samples in percent."""
     reference = next((c for c in colour if c.run == "reference"), None)
     steps = sorted({c.steps for c in colour if c.steps is not None})
     by = {(c.run, c.steps): c for c in colour}
     lines = ["| T | reading | " + " | ".join(runs) + " | training images |", "|---:|---|" + "---:|" * (len(runs) + 1)]
     for s in steps:
         for label, key, ref in (("spread of image means", "spread", reference.spread if reference else None),
-                                ("FD of image means", "fd", 0.0), ("pixel std", "pixel_std", reference.pixel_std if reference else None)):
-            values = [getattr(by[(r, s)], key) if (r, s) in by else None for r in runs]
-            lines.append(f"| {s} | {label} | " + " | ".join(_fmt(v) for v in values) + f" | {_fmt(ref)} |")
+                                ("FD of image means", "fd", 0.0), ("pixel std", "pixel_std", reference.pixel_std if reference else None),
+                                ("rough samples (%)", "rough_fraction", reference.rough_fraction if reference else None)):
+            scale = 100.0 if key == "rough_fraction" else 1.0
+            values = [scale * getattr(by[(r, s)], key) if (r, s) in by else None for r in runs]
+            lines.append(f"| {s} | {label} | " + " | ".join(_fmt(v) for v in values) + f" | {_fmt(None if ref is None else scale * ref)} |")
     return "\n".join(lines)
 
 
@@ -167,7 +170,9 @@ def write_report(plan_path, root, out_dir):
             "",
             "Per sample set, in [0, 255] units: the spread (standard deviation over images, averaged over r, g, b) "
             "of the per-image mean colours, the Frechet distance between Gaussians fitted to the samples' and the "
-            "training images' per-image mean colours (0 is no shift), and the pixel standard deviation.",
+            "training images' per-image mean colours (0 is no shift), the pixel standard deviation, and the share "
+            "of samples rougher (mean absolute difference of neighbouring pixels) than 99% of the training images: "
+            "grain or leftover noise (1% of the training images by construction).",
             "",
             colour_table(colour + ([reference] if reference else []), runs),
             "",

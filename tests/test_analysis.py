@@ -451,6 +451,24 @@ def test_color_shift_known_numbers(tmp_path):
     assert float(spread_row["spatial_mean_fd"]) == pytest.approx(np.sum(SPREAD**2) * 8 / 7, rel=1e-9)
 
 
+def test_roughness_and_rough_fraction(tmp_path):
+    """A checkerboard of amplitude a changes by a between every pair of neighbours: roughness 2a; flat images
+    have roughness 0, so against flat references every checkerboard counts as rough and no flat image does."""
+    rows, columns = np.indices((6, 6))
+    board = ((rows + columns) % 2)[..., None] * np.array([30.0, 60.0, 90.0]) + 50.0
+    checkerboards = np.stack([board] * 3).astype(np.uint8)
+    assert color_shift.roughness(checkerboards) == pytest.approx([2 * 60.0] * 3)
+    flat = constant_colour_images(BASE + SIGNS * SPREAD, 6)
+    np.testing.assert_array_equal(color_shift.roughness(flat), 0.0)
+    np.savez(tmp_path / "reference.npz", arr_0=flat)
+    np.savez(tmp_path / "mixed.npz", arr_0=np.concatenate([checkerboards, flat[:5]]))
+    paths = color_shift.run(f"mixed={tmp_path / 'mixed.npz'}", str(tmp_path / "reference.npz"),
+                            out=str(tmp_path / "rough"), progress=False)
+    rows = {r["checkpoint"]: r for r in read_csv(paths["csv"])}
+    assert float(rows["mixed"]["rough_fraction"]) == pytest.approx(3 / 8)
+    assert float(rows["reference"]["rough_fraction"]) == 0.0
+
+
 def test_color_shift_script(tmp_path):
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "train.npz", arr_0=rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8))

@@ -33,13 +33,16 @@ def mse_rows():
 
 
 def colour_csv_rows():
+    """Constant's Frechet distance is the largest at T=10 but the smallest at T=2, so the T=2 row reverses the
+    average's direction for every other weighting."""
     rows = [dict(checkpoint="reference", steps="", num_images=100, mean_spread=36.0, spatial_mean_fd=0.0,
-                 **{f"std_{c}": 57.0 for c in "rgb"})]
-    for run, spread, fd in (("constant", 90.0, 4000.0), ("p2", 60.0, 2000.0), ("min_snr", 70.0, 3000.0),
-                            ("debias", 38.0, 100.0)):
+                 rough_fraction=0.01, **{f"std_{c}": 57.0 for c in "rgb"})]
+    for run, spread, fd, rough in (("constant", 90.0, 4000.0, 0.2), ("p2", 60.0, 2000.0, 0.3),
+                                   ("min_snr", 70.0, 3000.0, 0.25), ("debias", 38.0, 102.0, 0.1)):
         for steps in (2, 10):
             rows.append(dict(checkpoint=run, steps=steps, num_images=50, mean_spread=spread + steps,
-                             spatial_mean_fd=fd, **{f"std_{c}": 90.0 for c in "rgb"}))
+                             spatial_mean_fd=fd * 2 if steps == 10 else 500.0 + fd / 1000 if run != "constant" else 400.0,
+                             rough_fraction=rough + (0.5 if steps == 2 else 0.0), **{f"std_{c}": 90.0 for c in "rgb"}))
     return rows
 
 
@@ -65,15 +68,22 @@ def test_headline_states_each_direction_for_every_weighting():
            (("constant", 100.0, 0.10), ("p2", 101.0, 0.11), ("min_snr", 110.0, 0.12), ("debias", 90.0, 0.05))}
     lines = readings.headline(RUNS, colour, mse, x0, fid, data_spread=36.0)
     text = "\n".join(lines)
-    assert "is 4000.0 for constant weighting; against it: p2 50% lower (2000.0); min_snr 25% lower (3000.0); debias 98% lower (100.0)" in text
+    # Averages over T = 2, 10: constant (400 + 8000) / 2 = 4200, p2 (502 + 4000) / 2 = 2251, debias (500.102 + 204) / 2
+    assert "is 4200.0 for constant weighting; against it: p2 46% lower (2251.0); min_snr 23% lower (3251.5); debias 92% lower (352.1)" in text
+    assert ("Not at every T: at T=2 p2 (502.0), min_snr (503.0), debias (500.1) are on the other side of constant "
+            "(400.0).") in text
+    assert ("than 99% of the training images, at T = 2/10: constant 70/20%; p2 80/30%; min_snr 75/25%; debias 60/10%. "
+            "At T=10, against constant weighting: p2 50% higher; min_snr 25% higher; debias 50% lower.") in text
     assert "92-100 for constant and 62-70 for p2; 72-80 for min_snr; 40-48 for debias, against 36 for the training images" in text
     assert "x0 is 0.1000 for constant weighting; against it: p2 100% higher; min_snr 100% higher; debias 50% lower" in text
     assert "over t >= 600 is p2 100% higher; min_snr 100% higher; debias 50% lower" in text
     assert "over t < 200 it is p2 50% lower; min_snr 50% lower; debias 100% higher" in text
     assert "constant 0.25x, p2 0.50x, min_snr 0.50x, debias 0.12x" in text
     # 1 +- hypot(1, 1) * 2: a FID difference of 1 is within the uncertainty, 10 is resolved.
-    assert "p2 FID 1% higher (within the uncertainty), KID 10% higher" in text
-    assert "min_snr FID 10% higher (resolved)" in text and "debias FID 10% lower (resolved), KID 50% lower" in text
+    # KID spread 0.001 on both: a difference of 0.01 exceeds 2 * hypot(0.001, 0.001).
+    assert "p2 FID 1% higher (within the uncertainty), KID 10% higher (resolved)" in text
+    assert "min_snr FID 10% higher (resolved)" in text
+    assert "debias FID 10% lower (resolved), KID 50% lower (resolved)" in text
 
 
 def test_demo_report_from_stage_outputs(tmp_path):
@@ -90,6 +100,7 @@ def test_demo_report_from_stage_outputs(tmp_path):
     assert "| ddim | 25 | KID x 1000 | 20.00 ± 1.00 |" in text
     assert "debias FID 8% higher (resolved)" in text
     assert "| 2 | spread of image means | 92.0 | 62.0 | 72.0 | 40.0 | 36.0 |" in text
+    assert "| 10 | rough samples (%) | 20.0 | 30.0 | 25.0 | 10.0 | 1.0 |" in text
     assert "| Initial | 0.4000 | — |" in text and "| debias | 0.2000 | +100.0% |" in text
     assert "1,000 iterations x batch 64" in text and "0.999 with warm-up" in text
 
