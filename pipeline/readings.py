@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from analyses.color_shift import ROUGH_PERCENTILE
 from evaluations.registry import latest
 
 BASELINE = "constant"
@@ -61,7 +62,7 @@ class ColourRow:
     spread: float
     fd: float
     pixel_std: float
-    rough_fraction: float
+    rough_fraction: float | None  # None in a colour CSV written before the column existed
 
 
 def colour_rows(rows):
@@ -70,8 +71,8 @@ def colour_rows(rows):
     for row in rows:
         std = np.mean([float(row[f"std_{c}"]) for c in "rgb"])
         steps = int(row["steps"]) if row.get("steps") not in (None, "") else None
-        out.append(ColourRow(row["checkpoint"], steps, float(row["mean_spread"]), float(row["spatial_mean_fd"]), std,
-                             float(row["rough_fraction"])))
+        rough = float(row["rough_fraction"]) if row.get("rough_fraction") not in (None, "") else None
+        out.append(ColourRow(row["checkpoint"], steps, float(row["mean_spread"]), float(row["spatial_mean_fd"]), std, rough))
     return out
 
 
@@ -118,22 +119,28 @@ def _colour_lines(runs, colour, data_spread):
     if BASELINE not in fd:
         return []
     parts = [f"{r} {describe_change(relative_change(fd[r], fd[BASELINE]))} ({fd[r]:.1f})" for r in others if r in fd]
-    rough = [f"{r} " + "/".join(f"{100 * by[(r, s)].rough_fraction:.0f}" for s in steps if (r, s) in by) + "%"
-             for r in runs if spread.get(r)]
-    last = steps[-1]
-    rough_change = [f"{r} {describe_change(relative_change(by[(r, last)].rough_fraction, by[(BASELINE, last)].rough_fraction))}"
-                    for r in others if (r, last) in by and (BASELINE, last) in by]
-    return [
+    lines = [
         f"**Colour shift.** Averaged over T = {', '.join(map(str, steps))}, the Frechet distance between the "
         f"per-image mean colours of the samples and of the training images is {fd[BASELINE]:.1f} for constant "
         f"weighting; against it: {'; '.join(parts)}.{_reversals(by, steps, fd, others)} The spread of per-image "
         f"mean colour is {min(spread[BASELINE]):.0f}-{max(spread[BASELINE]):.0f} for constant and "
         + "; ".join(f"{min(spread[r]):.0f}-{max(spread[r]):.0f} for {r}" for r in others if spread.get(r))
-        + f", against {data_spread:.0f} for the training images.",
-        f"**Grain.** The share of samples rougher (mean absolute difference of neighbouring pixels) than 99% of the "
-        f"training images, at T = {'/'.join(map(str, steps))}: {'; '.join(rough)}. At T={last}, against constant "
-        f"weighting: {'; '.join(rough_change)}.",
+        + f", against {data_spread:.0f} for the training images."
     ]
+    if all(c.rough_fraction is not None for c in colour):
+        rough = [f"{r} " + "/".join(f"{100 * by[(r, s)].rough_fraction:.0f}" for s in steps if (r, s) in by) + "%"
+                 for r in runs if spread.get(r)]
+        last = steps[-1]
+        rough_change = [
+            f"{r} {describe_change(relative_change(by[(r, last)].rough_fraction, by[(BASELINE, last)].rough_fraction))}"
+            for r in others if (r, last) in by and (BASELINE, last) in by
+        ]
+        lines.append(
+            f"**Grain.** The share of samples rougher (mean absolute difference of neighbouring pixels) than "
+            f"{ROUGH_PERCENTILE:g}% of the training images, at T = {'/'.join(map(str, steps))}: {'; '.join(rough)}. "
+            f"At T={last}, against constant weighting: {'; '.join(rough_change)}."
+        )
+    return lines
 
 
 def headline(runs, colour, mse_means, x0_means, fid, data_spread):

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 
+from analyses.color_shift import ROUGH_PERCENTILE
 from evaluations.registry import read_results
 from guided_diffusion.atomic import atomic_write_text
 
@@ -26,8 +27,8 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-def _fmt(value, digits=1):
-    return "—" if value is None else f"{value:.{digits}f}"
+def _fmt(value, digits=1, scale=1.0):
+    return "—" if value is None else f"{scale * value:.{digits}f}"
 
 
 def _with_std(value, std, digits):
@@ -80,8 +81,11 @@ def colour_table(colour, runs):
                                 ("FD of image means", "fd", 0.0), ("pixel std", "pixel_std", reference.pixel_std if reference else None),
                                 ("rough samples (%)", "rough_fraction", reference.rough_fraction if reference else None)):
             scale = 100.0 if key == "rough_fraction" else 1.0
-            values = [scale * getattr(by[(r, s)], key) if (r, s) in by else None for r in runs]
-            lines.append(f"| {s} | {label} | " + " | ".join(_fmt(v) for v in values) + f" | {_fmt(None if ref is None else scale * ref)} |")
+            values = [getattr(by[(r, s)], key) if (r, s) in by else None for r in runs]
+            if key == "rough_fraction" and all(v is None for v in values):
+                continue
+            lines.append(f"| {s} | {label} | " + " | ".join(_fmt(v, scale=scale) for v in values)
+                         + f" | {_fmt(ref, scale=scale)} |")
     return "\n".join(lines)
 
 
@@ -171,8 +175,8 @@ def write_report(plan_path, root, out_dir):
             "Per sample set, in [0, 255] units: the spread (standard deviation over images, averaged over r, g, b) "
             "of the per-image mean colours, the Frechet distance between Gaussians fitted to the samples' and the "
             "training images' per-image mean colours (0 is no shift), the pixel standard deviation, and the share "
-            "of samples rougher (mean absolute difference of neighbouring pixels) than 99% of the training images: "
-            "grain or leftover noise (1% of the training images by construction).",
+            f"of samples rougher (mean absolute difference of neighbouring pixels) than {ROUGH_PERCENTILE:g}% of the "
+            f"training images: grain or leftover noise ({100 - ROUGH_PERCENTILE:g}% of the training images by construction).",
             "",
             colour_table(colour + ([reference] if reference else []), runs),
             "",

@@ -105,6 +105,17 @@ def test_demo_report_from_stage_outputs(tmp_path):
     assert "1,000 iterations x batch 64" in text and "0.999 with warm-up" in text
 
 
+def test_colour_csv_without_rough_column_still_reports(tmp_path):
+    """A colour CSV written before rough_fraction existed: colour rows and sentences, no grain row or sentence."""
+    root = tmp_path / "work"
+    old_rows = [{k: v for k, v in row.items() if k != "rough_fraction"} for row in colour_csv_rows()]
+    write_csv(str(root / "figures" / "color_shift.csv"), old_rows)
+    text = open(write_report(DEMO_PLAN, str(root), str(tmp_path / "report"))).read()
+    assert "| 2 | spread of image means | 92.0 | 62.0 | 72.0 | 40.0 | 36.0 |" in text
+    assert "**Colour shift.**" in text
+    assert "rough samples" not in text and "**Grain.**" not in text
+
+
 @pytest.mark.parametrize("missing", ["mse_step.csv", "color_shift.csv", "results.jsonl"])
 def test_report_leaves_out_what_was_not_measured(tmp_path, missing):
     root = tmp_path / "work"
