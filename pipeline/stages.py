@@ -43,6 +43,8 @@ class Stage:
     log: str = ""
     # Training: images per step over all ranks; the launcher sets --batch_size to it over its rank count.
     global_batch: int | None = None
+    # The position of the checkpoint a train, sample or evaluate stage serves (None: before or after all).
+    segment: int | None = None
 
     def newest_input_mtime(self, stages_by_name):
         times = [
@@ -145,21 +147,29 @@ def expand(plan):
             owners = parameter_owners()
             train_flags = {k: v for k, v in ds.train.items() if run.weight_schedule in owners.get(k, [run.weight_schedule])}
             train_flags.update(target_flags(run.target))
-            stages.append(
-                Stage(
-                    name=train_name,
-                    kind="train",
-                    argv=_module("train")
-                    + ["--config", ds.config, "--data_dir", ds.data_dir, "--log_dir", run_dir]
-                    + ["--weight_schedule", run.weight_schedule, "--resume_checkpoint", "auto"]
-                    + _flags(train_flags),
-                    outputs=[_ema_checkpoint(run_dir, it, ema_rate) for it in ds.iterations],
-                    deps=list(data_deps),
-                    distributed=True,
-                    global_batch=global_batch,
+            # Training is one stage per checkpoint that is sampled, each resuming the one before, so
+            # that the early checkpoints are sampled and evaluated while training goes on.
+            train_names = {}
+            checkpoints = sorted(ds.iterations)
+            for position, it in enumerate(checkpoints):
+                last = position == len(checkpoints) - 1
+                segment_flags = dict(train_flags) if last else {**train_flags, "max_steps": it}
+                train_names[it] = train_name if last else f"{train_name}/{it:06d}"
+                stages.append(
+                    Stage(
+                        name=train_names[it],
+                        kind="train",
+                        argv=_module("train")
+                        + ["--config", ds.config, "--data_dir", ds.data_dir, "--log_dir", run_dir]
+                        + ["--weight_schedule", run.weight_schedule, "--resume_checkpoint", "auto"]
+                        + _flags(segment_flags),
+                        outputs=[_ema_checkpoint(run_dir, it, ema_rate)],
+                        deps=list(data_deps) if position == 0 else [train_names[checkpoints[position - 1]]],
+                        distributed=True,
+                        global_batch=global_batch,
+                        segment=position,
+                    )
                 )
-            )
-            entry["train"][run.name] = (train_name, _ema_checkpoint(run_dir, max(ds.iterations), ema_rate))
             for it in ds.iterations:
                 for setting in ds.samplers:
                     if not setting.applies_to(it, run):
@@ -179,12 +189,13 @@ def expand(plan):
                             + ["--out_dir", sample_dir]
                             + _flags(sample_flags),
                             outputs=[npz],
-                            deps=[train_name],
+                            deps=[train_names[it]],
                             distributed=True,
+                            segment=checkpoints.index(it),
                         )
                     )
                     if it == max(ds.iterations):
-                        entry["samples"].append((run.name, setting.steps, npz, f"sample/{cell}"))
+                        entry["samples"].append((run.name, setting.steps, npz, f"sample/{cell}", setting.sampler))
                     if not setting.evaluate:
                         continue
                     metrics = os.path.join(sample_dir, "metrics.json")
@@ -201,6 +212,7 @@ def expand(plan):
                             + _flags(eval_flags),
                             outputs=[metrics],
                             deps=[f"sample/{cell}"] + ref_deps,
+                            segment=checkpoints.index(it),
                         )
                     )
                     evaluate_names.append(f"evaluate/{cell}")
@@ -229,7 +241,21 @@ def expand(plan):
                 deps=["tables"] + [f.name for f in figures],
             )
         )
-    return stages
+    return _checkpoint_by_checkpoint(stages)
+
+
+def _checkpoint_by_checkpoint(stages):
+    """Stages in the order a runner should start them: every run's first checkpoint before any run's second.
+
+    The runner starts the first ready stage in this order, so all weightings advance together
+    and a curve over training iterations fills in from the left. Dependency order is kept: a
+    stage's inputs belong to an earlier or the same checkpoint, preparation comes first and
+    the tables, figures and report last.
+    """
+    setup = [s for s in stages if s.segment is None and s.kind in ("prepare", "ref")]
+    gathering = [s for s in stages if s.segment is None and s.kind not in ("prepare", "ref")]
+    per_checkpoint = sorted((s for s in stages if s.segment is not None), key=lambda s: s.segment)
+    return setup + per_checkpoint + gathering
 
 
 def _image_size(ds):
@@ -246,7 +272,8 @@ def _figure_stages(plan, index, results):
     `inputs` may name "config" (the dataset's config), "checkpoints" (every run's
     last EMA checkpoint as name=path), "data" (the prepared images),
     "reference" (the same, under --reference), "samples" (every sample npz of
-    the last checkpoint as run:T=path) and "results" (the registry). The
+    the last checkpoint as run:T=path; `samples_from = "ddim"` keeps one sampler's)
+    and "results" (the registry). The
     figure waits for the stages that make those inputs, or for every
     evaluation when it reads the registry.
     """
@@ -269,15 +296,18 @@ def _figure_stages(plan, index, results):
                 argv += ["--data_dir" if item == "data" else "--reference", ds["data_dir"]]
                 deps += ds["prepare"]
             elif item == "samples":
-                argv += ["--samples", ",".join(f"{run}:{steps}={npz}" for run, steps, npz, _ in ds["samples"])]
-                deps += [stage for _, _, _, stage in ds["samples"]]
+                chosen = [c for c in ds["samples"] if spec.get("samples_from", c[4]) == c[4]]
+                if not chosen:
+                    raise ValueError(f"[figures.{name}] has no samples of the last checkpoint from {spec.get('samples_from')!r}")
+                argv += ["--samples", ",".join(f"{run}:{steps}={npz}" for run, steps, npz, _, _ in chosen)]
+                deps += [stage for _, _, _, stage, _ in chosen]
             elif item == "results":
                 argv += ["--results", results, "--dataset", label]
                 deps += ds["evaluations"]
             else:
                 raise ValueError(f"[figures.{name}] unknown input {item!r}")
         out = plan.under_root("figures", name)
-        flags = {k: v for k, v in spec.items() if k not in ("script", "dataset", "inputs", "caption")}
+        flags = {k: v for k, v in spec.items() if k not in ("script", "dataset", "inputs", "caption", "samples_from")}
         stages.append(
             Stage(
                 name=f"figure/{name}",

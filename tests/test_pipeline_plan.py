@@ -31,11 +31,15 @@ def elsewhere(tmp_path, monkeypatch):
 
 
 def test_paper_plan_expands_to_the_full_grid(tmp_path):
-    stages = expand(load_plan(os.path.join(PLANS, "paper.toml"), root=str(tmp_path)))
+    plan = load_plan(os.path.join(PLANS, "paper.toml"), root=str(tmp_path))
+    stages = expand(plan)
     counts = kinds(stages)
     assert counts["prepare"] == 6 and counts["ref"] == 6
-    # 6 datasets x 4 weightings, plus the x0 and v targets of Table 4.
-    assert counts["train"] == 6 * 4 + 2
+    # 6 datasets x 4 weightings, plus the x0 and v targets of Table 4; one training stage per checkpoint
+    # (FFHQ's 10 for Fig. 7a and Table 3, one elsewhere).
+    runs = {s.argv[s.argv.index("--log_dir") + 1] for s in stages if s.kind == "train"}
+    assert len(runs) == 6 * 4 + 2
+    assert counts["train"] == 4 * 10 + (4 + 2) + 4 * 4
     # FFHQ: 4 x 6 step counts + 2 runs x 9 more checkpoints (Fig. 7a, Table 3); CelebA-HQ: 4 x 4 + 2;
     # AFHQ-dog and MetFaces: 4 x 4 each; CIFAR-10 and ImageNet: 4 x 1 each.
     assert counts["sample"] == (24 + 18) + (16 + 2) + 16 + 16 + 4 + 4
@@ -47,6 +51,25 @@ def test_paper_plan_expands_to_the_full_grid(tmp_path):
     assert "sample/ffhq/p2/1000000/ddpm1000" not in names
     assert "sample/celebahq/constant@x0/500000/ddpm100" in names
     assert "sample/celebahq/constant@x0/500000/ddpm1000" not in names
+
+
+def test_training_is_one_resuming_stage_per_checkpoint_and_runs_advance_together(tmp_path):
+    stages = expand(load_plan(os.path.join(PLANS, "paper.toml"), root=str(tmp_path)))
+    by_name = {s.name: s for s in stages}
+    first, middle, last = (by_name[f"train/ffhq/debias{suffix}"] for suffix in ("/100000", "/500000", ""))
+    flag = lambda stage, name: stage.argv[stage.argv.index(name) + 1]
+    assert flag(first, "--max_steps") == "100000" and flag(middle, "--max_steps") == "500000"
+    assert flag(last, "--max_steps") == "1000000"
+    assert {flag(s, "--resume_checkpoint") for s in (first, middle, last)} == {"auto"}
+    assert middle.deps == ["train/ffhq/debias/400000"] and first.deps == ["prepare/ffhq"]
+    assert middle.outputs == [os.path.join(os.path.dirname(middle.outputs[0]), "ema_0.9999_500000.pt")]
+    assert by_name["sample/ffhq/debias/100000/ddpm1000"].deps == ["train/ffhq/debias/100000"]
+    # Every run's 100K checkpoint is trained and evaluated before any run trains on to 200K.
+    order = [s.name for s in stages]
+    assert max(order.index(f"evaluate/ffhq/{run}/100000/ddpm1000") for run in ("constant", "debias")) < min(
+        order.index(f"train/ffhq/{run}/200000") for run in ("constant", "p2", "min_snr", "debias"))
+    position = {name: i for i, name in enumerate(order)}
+    assert all(position[dep] < position[s.name] for s in stages for dep in s.deps)
 
 
 def test_stage_commands_carry_the_right_flags(tmp_path):

@@ -160,9 +160,9 @@ def fake_python(tmp_path, code=0):
 
 def test_paper_dry_run_writes_jobs_for_two_nodes_of_four_gpus(tmp_path):
     jobs, listing = paper_jobs(tmp_path)
-    assert "242 stages" in listing and f"submit them with: bash {jobs / 'submit.sh'}" in listing
+    assert "278 stages" in listing and f"submit them with: bash {jobs / 'submit.sh'}" in listing
     scripts = sorted(jobs.glob("*.sbatch"))
-    assert len(scripts) == 242
+    assert len(scripts) == 278
     for script in scripts:
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
 
@@ -200,7 +200,7 @@ def test_submit_chains_every_job_after_the_ones_it_needs(tmp_path, cluster):
     result = cluster.run(jobs / "submit.sh")
     assert result.returncode == 0, result.stderr
     calls = cluster.sbatch_calls()
-    assert len(calls) == 242
+    assert len(calls) == 278
     ids = {}
     for number, args in enumerate(calls):
         script = args[-1]
@@ -209,9 +209,11 @@ def test_submit_chains_every_job_after_the_ones_it_needs(tmp_path, cluster):
         needed = dependency[0].split(":")[1:] if dependency else []
         assert all(int(n) in ids.values() for n in needed), args  # only jobs submitted before
         ids[script] = 1000 + number
-    train_id = ids["train_ffhq_debias.sbatch"]
+    train_id = ids["train_ffhq_debias_500000.sbatch"]
     sample = next(args for args in calls if args[-1] == "sample_ffhq_debias_500000_ddpm100.sbatch")
     assert f"--dependency=afterok:{train_id}" in sample
+    last_segment = next(args for args in calls if args[-1] == "train_ffhq_debias.sbatch")
+    assert f"--dependency=afterok:{ids['train_ffhq_debias_900000.sbatch']}" in last_segment
 
 
 def test_reproduce_submits_through_sbatch(tmp_path, cluster, monkeypatch):
