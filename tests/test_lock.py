@@ -1,9 +1,11 @@
 """requirements.lock agrees with the ranges of requirements.txt and with the running interpreter."""
 
+import os
 import re
 import sys
 from pathlib import Path
 
+import pytest
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -46,14 +48,19 @@ def test_every_range_of_requirements_txt_is_locked_within_its_range():
         assert hashes >= 1, requirement.name
 
 
-def test_the_lock_pins_the_torch_of_requirements_lock_in_and_it_is_installed():
-    import torch
-
+def test_the_lock_pins_the_torch_of_requirements_lock_in():
     pins = locked_pins(REPO / "requirements.lock")
     for requirement in requirements(REPO / "requirements-lock.in"):
         version, _, _ = pin_for_this_python(pins[canonicalize_name(requirement.name)])
         assert requirement.specifier.contains(version)
-    torch_version, _, _ = pin_for_this_python(pins["torch"])
+
+
+def test_the_environment_holds_the_locked_torch():
+    import torch
+
+    if os.environ.get("DEBIAS_UNLOCKED"):
+        pytest.skip("make check-latest: the newest releases, not the lock, on purpose")
+    torch_version, _, _ = pin_for_this_python(locked_pins(REPO / "requirements.lock")["torch"])
     assert torch.__version__.split("+")[0] == torch_version
 
 
