@@ -170,6 +170,7 @@ def expand(plan):
                         segment=position,
                     )
                 )
+            entry["train"][run.name] = (train_name, _ema_checkpoint(run_dir, checkpoints[-1], ema_rate))
             for it in ds.iterations:
                 for setting in ds.samplers:
                     if not setting.applies_to(it, run):

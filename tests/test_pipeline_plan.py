@@ -72,6 +72,18 @@ def test_training_is_one_resuming_stage_per_checkpoint_and_runs_advance_together
     assert all(position[dep] < position[s.name] for s in stages for dep in s.deps)
 
 
+@pytest.mark.parametrize("plan", ["demo", "study"])
+def test_figures_get_every_runs_last_checkpoint(plan, tmp_path):
+    loaded = load_plan(os.path.join(PLANS, f"{plan}.toml"), root=str(tmp_path))
+    stages = {s.name: s for s in expand(loaded)}
+    figure = stages["figure/mse_step"]
+    given = figure.argv[figure.argv.index("--checkpoints") + 1].split(",")
+    last = max(loaded.datasets[0].iterations)
+    assert [entry.split("=")[0] for entry in given] == ["constant", "p2", "min_snr", "debias"]
+    assert all(entry.endswith(f"_{last:06d}.pt") for entry in given)
+    assert {f"train/embedded/{run}" for run in ("constant", "p2", "min_snr", "debias")} <= set(figure.deps)
+
+
 def test_stage_commands_carry_the_right_flags(tmp_path):
     stages = {s.name: s for s in expand(load_plan(os.path.join(PLANS, "paper.toml"), root=str(tmp_path)))}
     train = stages["train/celebahq/constant@v"]
