@@ -76,15 +76,16 @@ def colour_rows(rows):
     return out
 
 
-def fid_cells(records, dataset):
-    """{(run name, sampler, steps): newest record with an FID} for the dataset."""
+def fid_cells(records, dataset, iterations=None):
+    """{(run name, sampler, steps): newest record with an FID} for the dataset, at one checkpoint if given."""
     from .plan import Run
 
     cells = {}
-    for (_, weighting, pred, _, sampler, steps, _), record in latest(
+    for (_, weighting, pred, at, sampler, steps, _), record in latest(
         [r for r in records if r.get("dataset") == dataset]
     ).items():
-        cells[(Run(weighting, pred).name, sampler, steps)] = record
+        if iterations is None or at == iterations:
+            cells[(Run(weighting, pred).name, sampler, steps)] = record
     return cells
 
 

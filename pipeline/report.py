@@ -15,9 +15,10 @@ from analyses.color_shift import ROUGH_PERCENTILE
 from evaluations.registry import read_results
 from guided_diffusion.atomic import atomic_write_text
 
-from . import readings
+from . import curves, readings
 from .plan import load_plan, resolve_config_path
 from .runner import FINISHED_PREFIX
+from .stages import expand
 
 
 def _read_csv(path):
@@ -154,23 +155,45 @@ def write_report(plan_path, root, out_dir):
     ds = plan.datasets[0]
     runs = [run.name for run in ds.runs]
     records = read_results(plan.under_root("results", "results.jsonl"), missing_ok=True)
-    fid = readings.fid_cells(records, ds.name)
-    mse_rows = _read_csv(plan.under_root("figures", "mse_step.csv"))
+    last = max(ds.iterations)
+    fid = readings.fid_cells(records, ds.name, iterations=last)
+    trained = curves.curve_cells(records, ds.name)
+    stale = stale_figures(plan)
+    mse_rows = [] if "mse_step" in stale else _read_csv(plan.under_root("figures", "mse_step.csv"))
     mse_means = readings.band_means(mse_rows, "mse") if mse_rows else {}
     x0_means = readings.band_means(mse_rows, "x0_mse") if mse_rows and "x0_mse" in mse_rows[0] else {}
-    colour = readings.colour_rows(_read_csv(plan.under_root("figures", "color_shift.csv")))
+    colour_csv = [] if "color_shift" in stale else _read_csv(plan.under_root("figures", "color_shift.csv"))
+    colour = readings.colour_rows(colour_csv)
+    colour_source = plan.figures.get("color_shift", {}).get("samples_from", "DDIM")
     reference = next((c for c in colour if c.run == "reference"), None)
     colour = [c for c in colour if c.run != "reference"]
 
     parts = [f"# Report: plan `{plan.name}`", "", f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M} from `{plan_path}`.", ""]
     parts += [plan.report.get("intro", "").strip(), ""]
-    lines = readings.headline(runs, colour, mse_means, x0_means, fid, reference.spread if reference else 0.0)
+    lines = [line for (sampler, steps), by_run in sorted(trained.items()) for line in curves.curve_lines(sampler, steps, by_run, runs)]
+    lines += readings.headline(runs, colour, mse_means, x0_means, fid, reference.spread if reference else 0.0)
     if lines:
-        parts += ["## What the numbers show", ""] + [f"- {line}" for line in lines] + [""]
+        parts += ["## What the numbers show", ""]
+        if trained:
+            parts += [f"Readings other than FID over training are at the last checkpoint, {last:,} iterations.", ""]
+        parts += [f"- {line}" for line in lines] + [""]
+    for name in sorted(stale):
+        parts += [f"**Not read: `{name}`.** Its CSV is older than {stale[name]}, which it is computed from; "
+                  f"run the plan again to remake it.", ""]
     parts += ["## Setting", "", setup_table(plan), ""]
+    for (sampler, steps), by_run in sorted(trained.items()):
+        parts += [
+            f"## FID over training iterations ({sampler.upper()} T={steps}; Fig. 7a)",
+            "",
+            "FID ± bootstrap standard deviation and KID x 1000 ± its spread, each weighting at each checkpoint "
+            "(EMA weights), the same samples' seeds at every checkpoint; the lowest FID of a row in bold.",
+            "",
+            curves.curve_table(by_run, runs),
+            "",
+        ]
     if colour:
         parts += [
-            "## Colour shift (Fig. 1, 6)",
+            f"## Colour shift (Fig. 1, 6) at {last:,} iterations, {colour_source.upper()} samples",
             "",
             "Per sample set, in [0, 255] units: the spread (standard deviation over images, averaged over r, g, b) "
             "of the per-image mean colours, the Frechet distance between Gaussians fitted to the samples' and the "
@@ -183,7 +206,7 @@ def write_report(plan_path, root, out_dir):
         ]
     if x0_means:
         parts += [
-            "## Image error of the one-step estimate (Eq. 6)",
+            f"## Image error of the one-step estimate (Eq. 6) at {last:,} iterations",
             "",
             "Mean over each band of t of the MSE between x0 and the model's unclipped one-step estimate x0_hat, "
             "which equals the noise MSE divided by SNR(t): the error that constant weighting leaves unweighted at "
@@ -194,7 +217,7 @@ def write_report(plan_path, root, out_dir):
         ]
     if mse_means:
         parts += [
-            "## Noise error per band of t (Fig. 4, Fig. 10)",
+            f"## Noise error per band of t (Fig. 4, Fig. 10) at {last:,} iterations",
             "",
             "Mean over each band of t of the MSE between the model's noise estimate and the true noise; 'Initial' "
             "is the MSE between the network's input x_t and the noise.",
@@ -204,7 +227,7 @@ def write_report(plan_path, root, out_dir):
         ]
     if fid:
         parts += [
-            f"## FID and KID on `{ds.name}`",
+            f"## FID and KID on `{ds.name}` at {last:,} iterations" + (" (mini Table 1)" if trained else ""),
             "",
             "FID ± the standard deviation over bootstrap resamples of the samples; KID x 1000 ± its spread over "
             "random halves. Small sample sets bias FID upwards by the same amount for every column, so compare "
@@ -213,7 +236,7 @@ def write_report(plan_path, root, out_dir):
             fid_table(fid, runs),
             "",
         ]
-    parts += _figures(plan, out_dir)
+    parts += _figures(plan, out_dir, stale)
     parts += _time_section(plan.root)
     parts += [plan.report.get("outro", "").strip(), ""]
     path = os.path.join(out_dir, "README.md")
@@ -221,7 +244,28 @@ def write_report(plan_path, root, out_dir):
     return path
 
 
-def _figures(plan, out_dir):
+def stale_figures(plan):
+    """{figure name: what it is older than} for figure CSVs made before the files they are computed from.
+
+    A figure left in the plan's root by an earlier, shorter run (say the 1,000-iteration demo's
+    colour statistics beside 4,000-iteration FIDs) must not be read as if it described the
+    checkpoints the report's other numbers come from.
+    """
+    stages = {stage.name: stage for stage in expand(plan)}
+    stale = {}
+    for name in plan.figures:
+        csv_path = plan.under_root("figures", name + ".csv")
+        figure = stages.get(f"figure/{name}")
+        if figure is None or not os.path.exists(csv_path):
+            continue
+        inputs = [path for dep in figure.deps for path in stages[dep].outputs if os.path.exists(path)]
+        newer = [path for path in inputs if os.path.getmtime(path) > os.path.getmtime(csv_path)]
+        if newer:
+            stale[name] = f"`{os.path.relpath(max(newer, key=os.path.getmtime), plan.root)}`"
+    return stale
+
+
+def _figures(plan, out_dir, stale):
     figure_dir = os.path.join(out_dir, "figures")
     os.makedirs(figure_dir, exist_ok=True)
     parts = []
@@ -229,7 +273,10 @@ def _figures(plan, out_dir):
         png = plan.under_root("figures", name + ".png")
         if os.path.exists(png):
             shutil.copyfile(png, os.path.join(figure_dir, name + ".png"))
-            parts += [f"### {spec.get('caption', name.replace('_', ' '))}", "", f"![{name}](figures/{name}.png)", ""]
+            caption = spec.get("caption", name.replace("_", " "))
+            if name in stale:
+                caption += f" (stale: older than {stale[name]})"
+            parts += [f"### {caption}", "", f"![{name}](figures/{name}.png)", ""]
     return (["## Figures", ""] + parts) if parts else []
 
 

@@ -1,0 +1,114 @@
+"""FID over training iterations (the paper's Fig. 7a) as a report states it: a table and sentences.
+
+Every sentence says, for each weighting against constant weighting, which way the
+difference goes at each checkpoint and whether it is resolved (the rule of
+`readings.RESOLVED_SIGMAS`), where the order between the two changes, and how
+far each weighting's FID moved from the first checkpoint to the last.
+"""
+
+import numpy as np
+
+from evaluations.registry import latest
+
+from .readings import BASELINE, RESOLVED_SIGMAS
+
+
+def curve_cells(records, dataset):
+    """{(sampler, steps): {run name: {iterations: newest record with an FID}}} for the dataset."""
+    from .plan import Run
+
+    curves = {}
+    for (_, weighting, pred, iterations, sampler, steps, _), record in latest(
+        [r for r in records if r.get("dataset") == dataset]
+    ).items():
+        if iterations is None:
+            continue
+        curves.setdefault((sampler, steps), {}).setdefault(Run(weighting, pred).name, {})[int(iterations)] = record
+    # A curve is a setting evaluated at more than one checkpoint.
+    return {setting: runs for setting, runs in curves.items() if max(len(points) for points in runs.values()) > 1}
+
+
+def _difference(cell, base, metric):
+    """(value - base, its standard deviation or None) for `metric` in fid | kid."""
+    std, base_std = cell.get(f"{metric}_std"), base.get(f"{metric}_std")
+    sigma = None if None in (std, base_std) else float(np.hypot(std, base_std))
+    return cell[metric] - base[metric], sigma
+
+
+def _verdict(delta, sigma):
+    """'lower' / 'higher', with '(resolved)' or '(within the uncertainty)' when the spread is known."""
+    word = "lower" if delta < 0 else "higher"
+    if sigma is None:
+        return word
+    return f"{word} ({'resolved' if abs(delta) > RESOLVED_SIGMAS * sigma else 'within the uncertainty'})"
+
+
+def curve_table(points_by_run, runs):
+    """Rows: checkpoints; columns: runs; FID ± bootstrap std (KID x 1000 ± spread below it)."""
+    iterations = sorted({it for points in points_by_run.values() for it in points})
+    lines = ["| iterations | metric | " + " | ".join(runs) + " |", "|---:|---|" + "---:|" * len(runs)]
+    for it in iterations:
+        row = [points_by_run.get(run, {}).get(it) for run in runs]
+        best = min((r["fid"] for r in row if r is not None), default=None)
+
+        def fid_text(record):
+            if record is None:
+                return "—"
+            text = f"{record['fid']:.1f}" + ("" if record.get("fid_std") is None else f" ± {record['fid_std']:.1f}")
+            return f"**{text}**" if record["fid"] == best else text
+
+        lines.append(f"| {it:,} | FID | " + " | ".join(fid_text(r) for r in row) + " |")
+        if any(r is not None and r.get("kid") is not None for r in row):
+            kids = ["—" if r is None or r.get("kid") is None else
+                    f"{1000 * r['kid']:.1f}" + ("" if r.get("kid_std") is None else f" ± {1000 * r['kid_std']:.1f}")
+                    for r in row]
+            lines.append(f"| {it:,} | KID x 1000 | " + " | ".join(kids) + " |")
+    return "\n".join(lines)
+
+
+def curve_lines(sampler, steps, points_by_run, runs):
+    """Sentences for one curve setting: each weighting against constant at every checkpoint, and progress."""
+    base_points = points_by_run.get(BASELINE, {})
+    iterations = sorted(base_points)
+    if len(iterations) < 2:
+        return []
+    first, last = iterations[0], iterations[-1]
+    label = f"{sampler.upper()} T={steps}"
+    progress = [
+        f"{run} {points[first]['fid']:.1f} → {points[last]['fid']:.1f} ({points[last]['fid'] - points[first]['fid']:+.1f})"
+        for run in runs
+        for points in [points_by_run.get(run, {})]
+        if first in points and last in points
+    ]
+    lines = [f"**FID over training ({label}).** From {first:,} to {last:,} iterations: {'; '.join(progress)}."]
+    for run in runs:
+        if run == BASELINE:
+            continue
+        points = points_by_run.get(run, {})
+        shared = [it for it in iterations if it in points]
+        if not shared:
+            continue
+        per_checkpoint = []
+        signs = []
+        for it in shared:
+            delta, sigma = _difference(points[it], base_points[it], "fid")
+            signs.append(np.sign(delta))
+            per_checkpoint.append(f"{it:,}: {delta:+.1f}, {_verdict(delta, sigma)}")
+        crossings = [
+            f"between {shared[i - 1]:,} and {shared[i]:,} iterations {run} moves "
+            + ("ahead of" if signs[i] < 0 else "behind")
+            + " constant"
+            for i in range(1, len(shared))
+            if signs[i] != signs[i - 1] and signs[i] != 0
+        ]
+        sentence = f"{run} against constant, FID difference at each checkpoint: {'; '.join(per_checkpoint)}."
+        if crossings:
+            sentence += " The order changes: " + "; ".join(crossings) + "."
+        else:
+            sentence += f" {run} is {'ahead of' if signs[-1] < 0 else 'behind'} constant at every checkpoint."
+        kid_last = points[shared[-1]].get("kid"), base_points[shared[-1]].get("kid")
+        if None not in kid_last:
+            delta, sigma = _difference(points[shared[-1]], base_points[shared[-1]], "kid")
+            sentence += f" KID at {shared[-1]:,}: {_verdict(delta, sigma)}."
+        lines.append(sentence)
+    return lines
