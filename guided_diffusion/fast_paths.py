@@ -13,9 +13,10 @@ An ADM run's numerics are unchanged unless a flag asks otherwise:
   with fewer kernels.
 - `--cuda_graphs True` (sampling): the UNet's forward is captured once per input shape
   and replayed, which removes the launch overhead of a fixed-shape sampling loop.
-- `--noise_threads N` (sampling): the per-sample noise (drawn on the CPU, see
-  `noise.IndexedNoise`) is drawn by N threads, one step ahead of the GPU, into pinned
-  memory: the same numbers, no longer serial with the model.
+- `--noise_threads N` (sampling, with `--noise_device cpu`): the per-sample CPU noise
+  (`noise.IndexedNoise`) is drawn by N threads, one step ahead of the GPU, into pinned
+  memory: the same numbers, no longer serial with the model. Noise drawn on the device
+  (`noise.DeviceIndexedNoise`, the default on CUDA) has no host work to hide.
 - `--batch_size auto` (sampling): the largest batch whose forward pass fits, found by
   doubling until CUDA runs out of memory and bisecting back (on the CPU: 16).
 
@@ -32,7 +33,7 @@ import torch
 
 from . import dist_util
 from .fp16_util import autocast_model
-from .noise import IndexedNoise
+from .noise import IndexedNoise, noise_source
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OPTIMIZER_IMPLS = ("default", "foreach", "fused")
@@ -393,8 +394,14 @@ class PrefetchedIndexedNoise(IndexedNoise):
         return rows.to(device=x.device, dtype=x.dtype, non_blocking=self.pin_memory)
 
 
-def noise_source_factory(options, device):
-    """(seed, indices) -> the noise source of one batch: `IndexedNoise`, or its prefetched form."""
+def noise_source_factory(options, device, noise_device="cpu"):
+    """(seed, indices) -> the noise source of one batch: `IndexedNoise` or its prefetched form for
+    CPU noise, `DeviceIndexedNoise` for noise drawn on `device` (`noise.resolve_noise_device`)."""
+    on_device = noise_device not in ("", "cpu") and device.type != "cpu"
+    if on_device and options.noise_threads:
+        raise ValueError("--noise_threads prefetches CPU noise; give --noise_device cpu with it, or drop it")
+    if on_device:
+        return lambda seed, indices: noise_source(seed, indices, noise_device, device)
     if not options.noise_threads:
         return IndexedNoise
     pin = device.type == "cuda"

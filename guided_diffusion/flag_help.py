@@ -83,6 +83,8 @@ SAMPLING_HELP = dict(
     png="also write png/{index:06d}.png",
     precision=f"{', '.join(PRECISIONS)}; default fp32, or fp16 with --use_fp16 True on a device with fast float16",
     device="cuda or cpu; empty picks cuda when available (a rank without the GPU it needs stops the job)",
+    noise_device="cpu (the same numbers on every machine) or device (drawn on the GPU: other numbers than the "
+    "CPU's); default device on CUDA",
     shard="this task's share of the indices, 0 .. --num_shards - 1 (SLURM array tasks)",
     num_shards="independent tasks sampling into one --out_dir; the last to finish merges",
 )

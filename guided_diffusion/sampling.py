@@ -1,7 +1,9 @@
 """Sampling at scale: reproducible by index, spread over ranks, resumable, merged to ADM's npz.
 
 Sample i of a run is a function of (seed, i) alone: its initial and per-step
-noise come from `IndexedNoise(seed, [i])` and its class label (uniform) from a
+noise come from `IndexedNoise(seed, [i])` (`--noise_device cpu`) or its twin
+drawn on the GPU (`--noise_device device`, the default on CUDA: other numbers
+than the CPU's, see `noise`), and its class label (uniform) from a
 generator seeded by (seed, i). Batches are cut on the grid [k B, (k + 1) B)
 and rank r takes every world-th batch, so for a given --batch_size the npz is
 the same bytes whatever the world size, and after any interruption. Another
@@ -37,7 +39,7 @@ import numpy as np
 import torch as th
 import torch.distributed as dist
 
-from . import checkpoint, dist_util, fast_paths, run_lock, samplers, weighting
+from . import checkpoint, dist_util, fast_paths, noise, run_lock, samplers, weighting
 from .atomic import atomic_write_text
 from .checkpoint import file_sha256
 from .fp16_util import fp16_fallback_note, resolve_precision
@@ -49,6 +51,7 @@ from .sample_store import (
     OutDirError,
     RunMismatchError,
     batch_file_name,
+    check_no_larger_merge,
     claim_out_dir,
     iter_samples_in_order,
     make_out_dir,
@@ -63,7 +66,7 @@ from .sample_store import (
     write_batch_file,
     write_pngs,
 )
-from .script_util import load_model_for_sampling, model_and_diffusion_defaults
+from .script_util import check_model_and_diffusion_flags, load_model_for_sampling, model_and_diffusion_defaults
 from .targets import target_from_flags
 
 SUMMARY_FILE = "sampling.json"
@@ -113,6 +116,7 @@ def sampling_defaults():
         shard=0,
         num_shards=1,
         device="",
+        noise_device="",
         **fast_paths.sampling_flag_defaults(),
         **samplers.SAMPLER_OPTION_DEFAULTS,
     )
@@ -175,6 +179,7 @@ def validate_flags(flags, device_type=None):
         raise ValueError(f"--out_dir {flags['out_dir']}: must be a local or shared filesystem path")
     if flags["num_samples"] < 1:
         raise ValueError(f"--num_samples must be at least 1, got {flags['num_samples']}")
+    check_model_and_diffusion_flags(flags)
     flags["batch_size"] = fast_paths.parse_batch_size(flags["batch_size"])
     if flags["seed"] < 0:
         raise ValueError(f"--seed must be non-negative, got {flags['seed']}")
@@ -192,7 +197,13 @@ def validate_flags(flags, device_type=None):
     elif flags["class_labels"] != "uniform":
         raise ValueError(f"--class_labels {flags['class_labels']} needs a class-conditional model (--class_cond True)")
     samplers.check_options(flags["sampler"], flags)
-    fast_paths.FastPathOptions.from_flags(flags, device_type)
+    options = fast_paths.FastPathOptions.from_flags(flags, device_type)
+    if options.noise_threads and not str(flags["noise_device"]).strip():
+        # --noise_threads prefetches CPU noise, so asking for it (as configs/plans/gpu_mini.toml does) picks that noise.
+        flags["noise_device"] = "cpu"
+    flags["noise_device"] = noise.resolve_noise_device(flags["noise_device"], device_type)
+    if flags["noise_device"] not in ("", "cpu") and options.noise_threads:
+        raise ValueError("--noise_threads prefetches CPU noise; give --noise_device cpu with it, or drop it")
     return flags
 
 
@@ -210,6 +221,9 @@ def image_defining_flags(flags, checkpoint_sha256):
     identity.update({option: flags[option] for option in samplers.get_sampler(flags["sampler"]).options})
     identity["seed"] = flags["seed"]
     identity["precision"] = flags["precision"]
+    # CPU noise is what every run drew before the flag existed: leaving it out keeps their out_dirs valid.
+    if flags.get("noise_device", "cpu") not in ("", "cpu"):
+        identity["noise_device"] = flags["noise_device"]
     if flags["class_cond"]:
         identity["class_labels"] = flags["class_labels"]
     return identity
@@ -366,6 +380,7 @@ def _sample_to_dir(flags, progress, held):
             raise FileNotFoundError(f"--model_path {flags['model_path']}: no such file")
         if bf.isdir(flags["model_path"]):
             raise ValueError(f"--model_path {flags['model_path']}: is a directory; expected a model file (model*.pt, ema_*.pt)")
+        check_no_larger_merge(out_dir, flags["num_samples"])
         make_out_dir(out_dir)
         lock = held.enter_context(
             run_lock.hold(
@@ -407,7 +422,7 @@ def _sample_to_dir(flags, progress, held):
     shape_tail = (3, flags["image_size"], flags["image_size"])
     options = fast_paths.FastPathOptions.from_flags(flags, device.type)
     model_fn = fast_paths.sampling_forward(model, flags["precision"], device, options)
-    noise_for = fast_paths.noise_source_factory(options, device)
+    noise_for = fast_paths.noise_source_factory(options, device, flags["noise_device"])
     run = samplers.get_sampler(flags["sampler"]).run
     if flags["png"]:
         os.makedirs(os.path.join(out_dir, PNG_DIR), exist_ok=True)

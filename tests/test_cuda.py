@@ -211,8 +211,12 @@ def test_one_rank_nccl_training_resumes_with_fast_paths(image_folder_factory, tm
 def cuda_samples(tmp_path_factory):
     root = tmp_path_factory.mktemp("cuda_sampling")
     checkpoint = save_tiny_checkpoint(root / "model.pt")
-    result, data = run_library(checkpoint, root / "reference")
-    return dict(checkpoint=checkpoint, npz=result["npz"], images=data["arr_0"], root=root)
+    # CPU noise: the reference the CPU run and the fast paths are compared with.
+    result, data = run_library(checkpoint, root / "reference", noise_device="cpu")
+    # Noise drawn on the GPU, the default on CUDA.
+    device_result, device_data = run_library(checkpoint, root / "device_noise")
+    return dict(checkpoint=checkpoint, npz=result["npz"], images=data["arr_0"], root=root,
+                device_npz=device_result["npz"], device_images=device_data["arr_0"])
 
 
 def test_sampling_on_cuda_is_reproducible_across_resume_and_batch_size(cuda_samples, tmp_path):
@@ -221,9 +225,31 @@ def test_sampling_on_cuda_is_reproducible_across_resume_and_batch_size(cuda_samp
     first, _ = run_library(cuda_samples["checkpoint"], tmp_path / "grown", num_samples=6)
     second, grown = run_library(cuda_samples["checkpoint"], tmp_path / "grown")
     assert (first["images_sampled"], second["images_sampled"]) == (6, 4)
-    assert Path(second["npz"]).read_bytes() == Path(cuda_samples["npz"]).read_bytes()
+    assert Path(second["npz"]).read_bytes() == Path(cuda_samples["device_npz"]).read_bytes()
     _, fours = run_library(cuda_samples["checkpoint"], tmp_path / "fours", batch_size=4)
-    assert_same_up_to_rounding(fours["arr_0"], cuda_samples["images"])
+    assert_same_up_to_rounding(fours["arr_0"], cuda_samples["device_images"])
+    _, cpu_fours = run_library(cuda_samples["checkpoint"], tmp_path / "cpu_fours", batch_size=4, noise_device="cpu")
+    assert_same_up_to_rounding(cpu_fours["arr_0"], cuda_samples["images"])
+
+
+def test_device_noise_is_recorded_and_differs_from_cpu_noise(cuda_samples):
+    summary = json.loads((Path(cuda_samples["device_npz"]).parent / "sampling.json").read_text())
+    assert summary["image_flags"]["noise_device"] == "cuda"
+    cpu_summary = json.loads((Path(cuda_samples["npz"]).parent / "sampling.json").read_text())
+    assert "noise_device" not in cpu_summary["image_flags"]
+    # Philox and Mersenne Twister: independent draws, so most pixels differ.
+    assert (cuda_samples["device_images"] != cuda_samples["images"]).mean() > 0.5
+
+
+def test_device_noise_on_cuda_is_the_same_for_any_batch_split():
+    from guided_diffusion.noise import DeviceIndexedNoise
+
+    x = torch.empty(7, 3, 8, 8, device=CUDA)
+    whole = DeviceIndexedNoise(5, range(7), CUDA)
+    parts = [DeviceIndexedNoise(5, indices, CUDA) for indices in ([0, 1, 2], [3, 4, 5, 6])]
+    for _ in range(3):
+        joined = torch.cat([parts[0].randn_like(x[:3]), parts[1].randn_like(x[3:])])
+        assert torch.equal(whole.randn_like(x), joined)
 
 
 def test_sampling_on_cuda_gives_the_cpu_images_to_rounding(cuda_samples, tmp_path):
@@ -260,7 +286,7 @@ def test_one_and_two_gpus_write_the_same_npz_bytes(cuda_samples, tmp_path):
     ids=["cuda_graphs", "graphs+channels_last+noise_threads", "compile-reduce-overhead", "batch_auto"],
 )
 def test_sampling_fast_paths_give_the_same_images(cuda_samples, tmp_path, flags):
-    _, data = run_library(cuda_samples["checkpoint"], tmp_path, **flags)
+    _, data = run_library(cuda_samples["checkpoint"], tmp_path, noise_device="cpu", **flags)
     assert_same_up_to_rounding(data["arr_0"], cuda_samples["images"])
 
 

@@ -48,8 +48,8 @@ def adm_sample_batch(args, our_rows):
     return max(batches, default=1)
 
 
-def run_adm(args, flags, precisions, sample_batch, device):
-    """ADM's rows, measured in a worker process with ADM's package on the path."""
+def run_adm(args, flags, precisions, sample_batch, device, timeout=None, env=None):
+    """ADM's rows, measured in a worker process with ADM's package on the path (within `timeout` seconds)."""
     settings = dict(
         adm_dir=os.path.abspath(args.adm_dir), flags=flags, precisions=precisions, parts=args.parts,
         batch_size=args.batch_size, train_steps=args.train_steps, sample_steps=args.sample_steps, warmup=args.warmup,
@@ -57,10 +57,16 @@ def run_adm(args, flags, precisions, sample_batch, device):
         training_flops=gpu_benchmark.training_flops(flags, args.batch_size, device),
         forward_flops_per_image=gpu_benchmark.forward_flops_per_image(flags, device),
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["PYTHONPATH"] = os.path.abspath(args.adm_dir)
+    launch = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    # A given env's PYTHONPATH (gpu_check's blobfile stand-in) goes after ADM's package, so ADM's is imported.
+    extra = [env["PYTHONPATH"]] if env and env.get("PYTHONPATH") else []
+    env = {k: v for k, v in (env or os.environ).items() if k not in launch}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(args.adm_dir)] + extra)
     command = [sys.executable, os.path.join(HERE, "adm_worker.py"), json.dumps(settings)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"ADM's run did not finish within {timeout:.0f} s") from None
     if result.returncode != 0:
         raise RuntimeError(f"ADM's run failed:\n{result.stderr[-3000:]}")
     return measure.parse_emitted(result.stdout)

@@ -55,6 +55,7 @@ def build_parser():
     parser.add_argument("--optimizer_impl", default="default", help=fast_paths.FLAG_HELP["optimizer_impl"])
     parser.add_argument("--cuda_graphs", type=str2bool, default=False, help=fast_paths.FLAG_HELP["cuda_graphs"])
     parser.add_argument("--noise_threads", type=int, default=0, help=fast_paths.FLAG_HELP["noise_threads"])
+    parser.add_argument("--noise_device", default="", help="sampling noise: cpu or device (default: device on CUDA)")
     parser.add_argument("--parts", default="train,sample", help="what to measure: train, sample or both")
     parser.add_argument("--train_steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--sample_steps", type=int, default=10, help="timed sampling steps per sampler")
@@ -148,6 +149,7 @@ def measure_sampling(flags, precision, compiled, args, device, model_path, flops
     options = fast_path_options(args, compiled)
     run_flags = sampling.validate_flags(
         {**flags, "model_path": model_path, "out_dir": "unused", "precision": precision, "batch_size": args.sample_batch,
+         "noise_device": getattr(args, "noise_device", ""),
          **{k: getattr(options, k) for k in fast_paths.sampling_flag_defaults()}},
         device.type,
     )
@@ -156,7 +158,7 @@ def measure_sampling(flags, precision, compiled, args, device, model_path, flops
     if batch == fast_paths.AUTO_BATCH_SIZE:
         batch = fast_paths.auto_batch_size(model, run_flags, device, args.max_sample_batch)
     model_fn = fast_paths.sampling_forward(model, precision, device, options)
-    noise_for = fast_paths.noise_source_factory(options, device)
+    noise_for = fast_paths.noise_source_factory(options, device, run_flags["noise_device"])
     shape = (batch, 3, flags["image_size"], flags["image_size"])
     rows = []
     for label, sampler, respacing, steps in sampling_settings(flags):
