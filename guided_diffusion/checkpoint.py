@@ -371,11 +371,13 @@ def resolve_resume_checkpoint(resume_checkpoint, log_dir):
             point = _resume_point_from_manifest(resume_checkpoint, _read_manifest(resume_checkpoint))
         except (KeyError, TypeError, AttributeError):
             raise CheckpointError(f"--resume_checkpoint {resume_checkpoint}: lacks the step or file names") from None
-        return _verified(point, resume_checkpoint)
+        return _refuse_overwriting_later_sets(_verified(point, resume_checkpoint), resume_checkpoint, log_dir)
+    check_resume_file_name(resume_checkpoint)
     step = parse_resume_step_from_filename(resume_checkpoint)
     if not _MODEL_RE.match(bf.basename(resume_checkpoint)):
-        # Not an ADM-named file: nothing beside it can be attributed to it.
-        return ResumePoint(step=0, model_path=resume_checkpoint, ema_paths={}, opt_path=None, manifest=None)
+        # Not an ADM-named file (e.g. ADM's released weights): nothing beside it can be attributed to it.
+        point = ResumePoint(step=0, model_path=resume_checkpoint, ema_paths={}, opt_path=None, manifest=None)
+        return _refuse_overwriting_later_sets(point, resume_checkpoint, log_dir)
     directory = bf.dirname(resume_checkpoint)
     manifest_path = bf.join(directory, manifest_filename(step))
     manifest = _read_manifest(manifest_path) if bf.exists(manifest_path) else None
@@ -392,4 +394,47 @@ def resolve_resume_checkpoint(resume_checkpoint, log_dir):
         opt_path=opt_path if bf.exists(opt_path) else None,
         manifest=manifest,
     )
-    return _verified(point, resume_checkpoint)
+    return _refuse_overwriting_later_sets(_verified(point, resume_checkpoint), resume_checkpoint, log_dir)
+
+
+def check_resume_file_name(path):
+    """Refuse an EMA or optimizer file as --resume_checkpoint.
+
+    ADM's rule reads any name but model*.pt as step 0, so an EMA or optimizer file would restart the
+    run at step 0 with a fresh AdamW and then write over the run's own checkpoints."""
+    name = bf.basename(path)
+    step = step_of_checkpoint_file(name)
+    if step is None or _MODEL_RE.match(name):
+        return
+    kind = "an optimizer state" if name.startswith("opt") else "an EMA model"
+    raise CheckpointError(
+        f"--resume_checkpoint {path}: {kind} file, which would restart at step 0 and overwrite the run; "
+        f"expected a model file modelNNNNNN.pt (here {model_filename(step)}, whose EMA and optimizer files are "
+        "loaded with it), a checkpoint*.json manifest, or auto"
+    )
+
+
+def later_checkpoint_files(log_dir, step):
+    """The checkpoint files in `log_dir` of steps after `step`, sorted by step then name."""
+    if not log_dir or not bf.isdir(log_dir):
+        return []
+    later = []
+    for name in bf.listdir(log_dir):
+        match = _MANIFEST_RE.match(name)
+        file_step = int(match.group(1)) if match else step_of_checkpoint_file(name)
+        if file_step is not None and file_step > step:
+            later.append((file_step, name))
+    return [name for _, name in sorted(later)]
+
+
+def _refuse_overwriting_later_sets(point, given, log_dir):
+    # `auto` may pass over a damaged newer set on purpose (it says so); a named file must not
+    # silently rewind a run whose later checkpoints it would then write over.
+    later = later_checkpoint_files(log_dir, point.step)
+    if later:
+        raise CheckpointError(
+            f"--resume_checkpoint {given} resumes at step {point.step}, but --log_dir {log_dir} holds checkpoint "
+            f"files of later steps that this run would overwrite: {_shown(later)}; resume from the newest set "
+            "with --resume_checkpoint auto, or train into another --log_dir"
+        )
+    return point

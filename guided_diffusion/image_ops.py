@@ -49,7 +49,10 @@ def decode_image(data, origin):
         raise ImageDecodeError(origin, "not in an image format PIL can decode") from None
     except DECODE_ERRORS as e:
         raise ImageDecodeError(origin, f"{type(e).__name__}: {e}") from None
-    return to_rgb(pil_image)
+    try:
+        return to_rgb(pil_image)
+    except UnsupportedDepthError as e:
+        raise ImageDecodeError(origin, str(e)) from None
 
 
 def to_uint8_nhwc(batch):
@@ -101,12 +104,28 @@ def random_crop_arr(pil_image, image_size, min_crop_frac=0.8, max_crop_frac=1.0,
     return arr[top : top + image_size, left : left + image_size]
 
 
+# PIL's modes of 16-bit grayscale pixels (PNG, TIFF); their full scale is 65535 whatever the image holds.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+class UnsupportedDepthError(ValueError):
+    """Pixels whose bit depth gives no fixed 8-bit scale."""
+
+
 def to_rgb(pil_image):
-    """Convert grayscale, palette, RGBA (onto black, as PIL does) and 16-bit images to 8-bit RGB."""
-    if pil_image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    """Convert grayscale, palette, RGBA (onto black, as PIL does) and 16-bit images to 8-bit RGB.
+
+    A pixel's value is scaled by its bit depth's full scale, never by the image's own
+    maximum: otherwise a dark 16-bit image (all values <= 255) would read as bright.
+    """
+    # PNG has no 32-bit samples: mode "I" from a PNG (as older Pillow opens 16-bit ones) holds 16-bit values.
+    if pil_image.mode in SIXTEEN_BIT_MODES or (pil_image.mode == "I" and pil_image.format == "PNG"):
         arr = np.asarray(pil_image, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        pil_image = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        pil_image = Image.fromarray(np.clip(arr / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    elif pil_image.mode == "I":
+        raise UnsupportedDepthError(
+            "32-bit integer pixels have no fixed 8-bit scale; convert the image to 8 or 16 bits per channel"
+        )
     if pil_image.mode != "RGB":
         pil_image = pil_image.convert("RGB")
     return pil_image

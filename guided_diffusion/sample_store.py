@@ -235,13 +235,41 @@ def remove_stale_temps_of_run(out_dir, batch_size=None, shard=0, num_shards=1):
     return removed
 
 
-def remove_other_merges(out_dir, keep_path):
-    """Drop merged npz files of an earlier --num_samples: one run directory holds one merged result.
+def merged_sample_counts(out_dir):
+    """{name: N} of the merged samples_NxHxWx3.npz files in `out_dir`."""
+    if not os.path.isdir(out_dir):
+        return {}
+    return {name: int(name[len("samples_"):].split("x")[0]) for name in os.listdir(out_dir) if SAMPLES_FILE_PATTERN.match(name)}
 
-    Two shards merging at once may both get here; a file the other already removed is fine.
+
+def check_no_larger_merge(out_dir, num_samples):
+    """Refuse to sample fewer images into an out_dir that already holds a larger merged npz.
+
+    ADM writes each run's npz into a fresh log dir, so there the larger file is never at risk.
+    Here one out_dir holds one merged result: a second, smaller npz beside it would make the
+    folder ambiguous to evaluations (which take its one samples_*.npz), and deleting the larger
+    one loses finished work. Sample i depends only on (seed, i), so the smaller set is the
+    larger file's first N images: refusing and saying so is what an ADM user needs.
     """
-    for name in os.listdir(out_dir):
+    for name, count in sorted(merged_sample_counts(out_dir).items()):
+        if count > num_samples:
+            raise RunMismatchError(
+                f"--out_dir {out_dir} already holds {name} ({count} samples), more than --num_samples {num_samples}; "
+                f"its first {num_samples} images (arr_0[:{num_samples}]) are those samples, so use them, or give "
+                f"--num_samples {count} or another --out_dir (nothing was written)"
+            )
+
+
+def remove_other_merges(out_dir, keep_path):
+    """Drop merged npz files of a smaller earlier --num_samples: one run directory holds one merged result.
+
+    A smaller one is the first images of `keep_path`, so nothing is lost; a larger one is never
+    removed (check_no_larger_merge refuses runs that would make one). Two shards merging at once
+    may both get here; a file the other already removed is fine.
+    """
+    kept = int(os.path.basename(keep_path)[len("samples_"):].split("x")[0])
+    for name, count in merged_sample_counts(out_dir).items():
         path = os.path.join(out_dir, name)
         with contextlib.suppress(FileNotFoundError):
-            if SAMPLES_FILE_PATTERN.match(name) and not os.path.samefile(path, keep_path):
+            if count < kept and not os.path.samefile(path, keep_path):
                 os.unlink(path)

@@ -166,6 +166,58 @@ def parse_attention_resolutions(attention_resolutions, image_size):
     return tuple(rates)
 
 
+# ADM's normalization() is a 32-group GroupNorm over every level's channels.
+GROUP_NORM_GROUPS = 32
+
+
+def check_model_flags(flags):
+    """Refuse model flags from which ADM's UNet cannot be built or would fail on its first batch.
+
+    Called where training and sampling resolve their flags, before they write anything, and
+    by create_model for every other caller.
+    """
+    image_size, num_channels = flags["image_size"], flags["num_channels"]
+    if image_size < 1:
+        raise ValueError(f"--image_size {image_size}: must be positive")
+    if num_channels < 1:
+        raise ValueError(
+            f"--num_channels {num_channels}: must be positive, with every level's channels (num_channels x "
+            f"channel_mult) a multiple of {GROUP_NORM_GROUPS} (e.g. ADM's 128)"
+        )
+    mult = parse_channel_mult(flags["channel_mult"], image_size)
+    shown = ",".join(f"{m:g}" for m in mult)
+    for level, m in enumerate(mult):
+        channels = int(m * num_channels)
+        if channels < 1 or channels % GROUP_NORM_GROUPS:
+            raise ValueError(
+                f"--channel_mult {shown} with --num_channels {num_channels}: level {level} gets {channels} channels; "
+                f"every level needs a positive multiple of {GROUP_NORM_GROUPS} (ADM's GroupNorm groups)"
+            )
+    # Each level after the first halves the image, and the upsampling path must meet the same sizes again.
+    factor = 2 ** (len(mult) - 1)
+    if image_size % factor:
+        deepest = (image_size & -image_size).bit_length()  # 1 + the times 2 divides image_size
+        raise ValueError(
+            f"--channel_mult {shown} has {len(mult)} levels, too deep for --image_size {image_size}: they halve the "
+            f"image {len(mult) - 1} times, so it must be a multiple of {factor}; give at most {deepest} levels"
+        )
+    resolutions = [image_size // 2**level for level in range(len(mult))]
+    rates = parse_attention_resolutions(flags["attention_resolutions"], image_size)
+    unreachable = [image_size // rate for rate in rates if image_size // rate not in resolutions]
+    if unreachable:
+        raise ValueError(
+            f"--attention_resolutions {flags['attention_resolutions']}: {', '.join(map(str, unreachable))} "
+            f"{'is' if len(unreachable) == 1 else 'are'} not among the resolutions of the UNet of --image_size "
+            f"{image_size} --channel_mult {shown} ({', '.join(map(str, resolutions))}), so no attention would be added there"
+        )
+
+
+def check_model_and_diffusion_flags(flags):
+    """check_model_flags and the weighting parameters' ranges, of a dict with model_and_diffusion_defaults' keys."""
+    check_model_flags(flags)
+    weighting.check_parameter_values(flags)
+
+
 def create_model(
     image_size,
     num_channels,
@@ -185,6 +237,8 @@ def create_model(
     use_fp16=False,
     use_new_attention_order=False,
 ):
+    check_model_flags(dict(image_size=image_size, num_channels=num_channels, channel_mult=channel_mult,
+                           attention_resolutions=attention_resolutions))
     return UNetModel(
         image_size=image_size,
         in_channels=3,

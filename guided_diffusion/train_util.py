@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from . import dist_util, fast_paths, logger, preemption, run_lock
 from .checkpoint import (
     CheckpointError,
+    check_resume_file_name,
     check_state_dict,
     remove_stale_temps_of_checkpoints,
     resolve_resume_checkpoint,
@@ -32,9 +33,9 @@ from .checkpoint_flags import weighting_change
 from .fp16_util import MixedPrecisionTrainer, fp16_fallback_note, resolve_precision
 from .image_datasets import load_data, shard_digest
 from .nn import update_ema
-from .resample import LossAwareSampler, UniformSampler, create_named_schedule_sampler
+from .resample import LossAwareSampler, UniformSampler, check_schedule_sampler, create_named_schedule_sampler
 from .retention import check_retention_flags, prune_checkpoints
-from .script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from .script_util import check_model_and_diffusion_flags, create_model_and_diffusion, model_and_diffusion_defaults
 from .timestep_metrics import TimestepBinErrors
 from .weighting import check_given_parameters
 
@@ -465,6 +466,10 @@ def train(flags, given=()):
         raise ValueError(f"unknown training flag(s): {', '.join(unknown)}")
     flags = {**defaults, **flags}
     parameters_note = check_given_parameters(flags["weight_schedule"], given)
+    check_schedule_sampler(flags["schedule_sampler"])  # before the log directory is claimed
+    # Refused before the log dir is locked or written: these need no model, data or checkpoint.
+    check_model_and_diffusion_flags(flags)
+    check_resume_file_name(flags["resume_checkpoint"])
     rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
     log_dir = dist_util.broadcast_object(flags["log_dir"] or logger.default_log_dir())
     with run_lock.hold(log_dir, "--log_dir", enabled=rank == 0, clean=remove_stale_temps_of_checkpoints) as lock:

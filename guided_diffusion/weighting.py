@@ -2,29 +2,71 @@
 
 SNR(t) = a_t / (1 - a_t) with a_t the cumulative product of (1 - beta). Every
 strategy is one entry of WEIGHT_SCHEDULES: a function of the SNR array whose
-keyword arguments, with their defaults, are its parameters. Flags, configs,
-plans and figures are derived from the registry; the diffusion process
-evaluates the chosen schedule once per timestep and multiplies the per-sample
-MSE term by it.
+keyword arguments, with their defaults, are its parameters, and whose
+annotations (a `Domain`) their valid ranges; a parameter without one takes any
+finite number. Flags, configs, plans and figures are derived from the registry;
+the diffusion process evaluates the chosen schedule once per timestep and
+multiplies the per-sample MSE term by it.
 """
 
+import dataclasses
 import inspect
+import math
 
 import numpy as np
 
 from .targets import check_target, eps_error_per_target_error
 
 
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """The finite numbers from `low` to `high` (None: unbounded), each end open or closed."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value):
+        value = float(value)
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self, name):
+        """`name > 0 (valid range (0, inf))`, for messages."""
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{name} {'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            bounds.append(f"{name} {'<' if self.high_open else '<='} {self.high:g}")
+        if not bounds:
+            return f"{name} finite"
+        low = "(-inf" if self.low is None else f"{'(' if self.low_open else '['}{self.low:g}"
+        high = "inf)" if self.high is None else f"{self.high:g}{')' if self.high_open else ']'}"
+        return f"{' and '.join(bounds)} (valid range {low}, {high})"
+
+
+ANY_FINITE = Domain()
+POSITIVE = Domain(0.0, low_open=True)
+NON_NEGATIVE = Domain(0.0)
+
+
 def constant(snr):
     return np.ones_like(snr)
 
 
-def p2(snr, p2_k=1.0, p2_gamma=1.0):
+# k > 0 keeps the weight finite where SNR -> 0 (P2's reason for k); gamma = 0 is P2's own
+# baseline, the constant weighting, and gamma < 0 would weight the noisiest steps least.
+def p2(snr, p2_k: POSITIVE = 1.0, p2_gamma: NON_NEGATIVE = 1.0):
     """Choi et al. 2022: 1 / (k + SNR)^gamma."""
     return 1.0 / (p2_k + snr) ** p2_gamma
 
 
-def min_snr(snr, min_snr_gamma=5.0):
+# gamma clips the SNR: at 0 every weight is 0 (nothing is trained), below it they turn negative.
+def min_snr(snr, min_snr_gamma: POSITIVE = 5.0):
     """Hang et al. 2023, for epsilon targets: min(SNR, gamma) / SNR."""
     return np.minimum(snr, min_snr_gamma) / snr
 
@@ -99,6 +141,45 @@ def parameter_defaults():
     return defaults
 
 
+def parameter_domains(name):
+    """{parameter: Domain} of schedule `name`; a parameter declared without one takes any finite number."""
+    check_weight_schedule(name)
+    domains = {}
+    for parameter in list(inspect.signature(WEIGHT_SCHEDULES[name], eval_str=True).parameters.values())[1:]:
+        domains[parameter.name] = parameter.annotation if isinstance(parameter.annotation, Domain) else ANY_FINITE
+    return domains
+
+
+def parameter_domain(key):
+    """The Domain of parameter `key` (a name two schedules share must share its range), or None if no schedule has it."""
+    found = None
+    for name in weight_schedule_names():
+        domain = parameter_domains(name).get(key)
+        if domain is not None and found not in (None, domain):
+            raise TypeError(f"weight schedules disagree on the valid range of {key!r}: {found} and {domain}")
+        found = domain or found
+    return found
+
+
+def check_parameter_values(values):
+    """Refuse a schedule parameter in `values` (flags, a config, a plan's table) outside its declared range.
+
+    Every schedule's parameters are checked, read or not, so that a bad value never waits in a
+    config for the day its schedule is chosen. None stands for not given.
+    """
+    for key in parameter_defaults():
+        value = values.get(key)
+        if value is None:
+            continue
+        domain = parameter_domain(key)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"--{key} {value!r}: not a number; expected {domain.describe(key)}") from None
+        if number not in domain:
+            raise ValueError(f"--{key} {number:g}: out of range; expected {domain.describe(key)}")
+
+
 def parameter_owners():
     """{parameter: [schedules that read it]}."""
     owners = {}
@@ -156,6 +237,7 @@ def timestep_loss_weights(name, alphas_cumprod, target="eps", weight_space="targ
     if weight_space not in WEIGHT_SPACES:
         raise ValueError(f"unknown --weight_space {weight_space!r}; expected one of: {', '.join(WEIGHT_SPACES)}")
     check_target(target)
+    check_parameter_values(params)
     own = {key: float(params[key]) for key in schedule_parameters(name) if params.get(key) is not None}
     snr = snr_from_alphas_cumprod(alphas_cumprod)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):

@@ -371,6 +371,55 @@ def sample_num_samples_is_zero(m, d, hold):
     return sampling_argv(m.model, d / "out", "--num_samples", 0), ["--num_samples", "0"]
 
 
+@case(SAMPLE)
+def sample_fewer_than_the_merged_npz_in_out_dir(m, d, hold):
+    out = d / "out"
+    out.mkdir()
+    np.savez(out / "samples_4x16x16x3.npz", arr_0=np.zeros((4, 16, 16, 3), np.uint8))
+    return sampling_argv(m.model, out), [f"--out_dir {out}", "samples_4x16x16x3.npz", "--num_samples 2"]
+
+
+# (case, script, flags, culprits), each case in one line. {run} is a copy of the trained run, then training's
+# --log_dir. Sampling uses a model without a manifest, whose recorded flags would otherwise be compared first.
+FLAG_CASES = [
+    ("train_resume_from_an_ema_file", TRAIN, "--resume_checkpoint {run}/ema_0.9999_000004.pt",
+     "--resume_checkpoint {run}/ema_0.9999_000004.pt|modelNNNNNN.pt|model000004.pt"),
+    ("train_resume_from_an_optimizer_file", TRAIN, "--resume_checkpoint {run}/opt000004.pt", "{run}/opt000004.pt|modelNNNNNN.pt"),
+    ("train_resume_from_an_older_set_would_overwrite_newer_ones", TRAIN, "--resume_checkpoint {run}/model000002.pt",
+     "{run}/model000002.pt|model000004.pt|checkpoint000004.json|--resume_checkpoint auto"),
+    ("train_min_snr_gamma_is_negative", TRAIN, "--weight_schedule min_snr --min_snr_gamma -5", "--min_snr_gamma -5|> 0|(0, inf)"),
+    ("train_p2_k_is_negative", TRAIN, "--weight_schedule p2 --p2_k -1", "--p2_k -1|p2_k > 0"),
+    ("train_p2_gamma_is_negative", TRAIN, "--weight_schedule p2 --p2_gamma -1", "--p2_gamma -1|p2_gamma >= 0|[0, inf)"),
+    ("train_p2_gamma_is_nan", TRAIN, "--weight_schedule p2 --p2_gamma nan", "--p2_gamma nan|p2_gamma >= 0"),
+    ("train_num_channels_is_zero", TRAIN, "--num_channels 0", "--num_channels 0|positive"),
+    ("train_num_channels_is_negative", TRAIN, "--num_channels -32", "--num_channels -32|positive"),
+    ("train_channel_mult_too_deep", TRAIN, "--channel_mult 1,1,2,2,4,4", "--channel_mult 1,1,2,2,4,4|--image_size 16|at most 5"),
+    ("train_attention_resolution_never_reached", TRAIN, "--attention_resolutions 2", "--attention_resolutions 2|16, 8"),
+    ("sample_p2_k_is_negative", SAMPLE, "--weight_schedule p2 --p2_k -1", "--p2_k -1|(0, inf)"),
+    ("sample_num_channels_is_zero", SAMPLE, "--num_channels 0", "--num_channels 0|positive"),
+    ("sample_channel_mult_too_deep", SAMPLE, "--channel_mult 1,2,2,2,2,2", "--channel_mult 1,2,2,2,2,2|--image_size 16"),
+]
+
+
+def flag_case(module, extra, culprits):
+    def build(m, d, hold):
+        run = m.run_copy(d) if "{run}" in extra else d / "run"
+        argv = training_argv(m.data, run) if module == TRAIN else sampling_argv(m.wide_model, d / "out")
+        return argv + extra.format(run=run).split(), culprits.format(run=run).split("|")
+
+    return build
+
+
+CASES += [BadInput(name, module, flag_case(module, *rest)) for name, module, *rest in FLAG_CASES]
+
+
+@case(TRAIN)
+def train_config_gives_a_negative_p2_gamma(m, d, hold):
+    config = d / "p2.toml"
+    config.write_text("[diffusion]\nweight_schedule = \"p2\"\np2_gamma = -1\n")
+    return training_argv(m.data, d / "run", "--config", config), ["--p2_gamma -1", "p2_gamma >= 0"]
+
+
 def fid_argv(d, *extra, samples=None, ref=None):
     return ["--samples", str(samples), "--ref", str(ref), "--results", str(d / "results.jsonl"), "--cache_dir", "",
             *map(str, extra)]

@@ -56,6 +56,12 @@ def files_under(root):
     return {p.relative_to(root).as_posix() for p in Path(root).rglob("*") if p.is_file()}
 
 
+def file_states(root):
+    """{relative path: (bytes, mtime_ns)} of every file under `root` but the logs a failed run may append to."""
+    return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns) for p in Path(root).rglob("*")
+            if p.is_file() and p.name not in LOG_FILES}
+
+
 def temp_files(root):
     return sorted(str(p) for p in Path(root).rglob(f"{TEMP_PREFIX}*"))
 
@@ -76,11 +82,11 @@ def test_bad_input_ends_in_one_line_naming_the_culprit(case, materials, tmp_path
             argv, culprits = case.build(materials, tmp_path, hold)
         except Unavailable as reason:
             pytest.skip(str(reason))
-        before = files_under(tmp_path)
+        before, states = files_under(tmp_path), file_states(tmp_path)
         capsys.readouterr()
         code = run_in_process(case, argv)
         stderr = capsys.readouterr().err
-        after = files_under(tmp_path)
+        after, changed = files_under(tmp_path), file_states(tmp_path)
     lines = message_lines(stderr)
     assert code != 0
     assert "Traceback" not in stderr
@@ -88,6 +94,8 @@ def test_bad_input_ends_in_one_line_naming_the_culprit(case, materials, tmp_path
     assert all(culprit in lines[0] for culprit in culprits), (culprits, lines[0])
     new_outputs = sorted(name for name in after - before if Path(name).name not in LOG_FILES and name not in case.may_leave)
     assert new_outputs == [], new_outputs
+    rewritten = sorted(name for name, state in states.items() if changed.get(name) != state)
+    assert rewritten == [], rewritten
 
 
 def test_there_are_at_least_forty_bad_inputs():
@@ -198,6 +206,34 @@ def test_resumed_sampling_removes_stale_temps(materials, tmp_path, capsys):
     assert image_sample.main(argv) == 0
     assert "removed 4 temp file(s) that an interrupted run left in" in capsys.readouterr().out
     assert temp_files(out) == [] and merged.read_bytes() == expected
+
+
+def test_resuming_from_the_newest_model_file_by_name_still_works(materials, tmp_path, capsys):
+    run = materials.run_copy(tmp_path)
+    code = image_train.main(training_argv(materials.data, run, "--resume_checkpoint", run / "model000004.pt", "--max_steps", 6))
+    assert code == 0, capsys.readouterr().err
+    assert f"resuming from {run / 'model000004.pt'} at step 4" in (run / "log.txt").read_text()
+    assert progress_steps(run) == [2, 4, 6]
+
+
+def test_sampling_fewer_into_an_out_dir_keeps_its_larger_npz(materials, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert image_sample.main(sampling_argv(materials.model, out, "--num_samples", 4)) == 0
+    merged = out / "samples_4x16x16x3.npz"
+    before = file_states(out)
+    capsys.readouterr()
+    assert image_sample.main(sampling_argv(materials.model, out, "--num_samples", 2)) == 1
+    lines = message_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith(f"image_sample.py: error: --out_dir {out} already holds {merged.name}")
+    assert "--num_samples 2" in lines[0] and "arr_0[:2]" in lines[0]
+    assert file_states(out) == before
+
+
+def test_a_merge_removes_only_smaller_merges(tmp_path):
+    for count in (2, 4, 8):
+        (tmp_path / f"samples_{count}x8x8x3.npz").write_bytes(b"npz")
+    sample_store.remove_other_merges(str(tmp_path), str(tmp_path / "samples_4x8x8x3.npz"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples_4x8x8x3.npz", "samples_8x8x8x3.npz"]
 
 
 def test_a_checkpoint_set_that_fills_the_disk_part_way_is_removed(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ from datasets import (
     UnreadableImagesError,
     prepare_dataset,
 )
-from guided_diffusion.image_ops import center_crop_arr, to_rgb
+from guided_diffusion.image_ops import ImageDecodeError, center_crop_arr, decode_image, to_rgb
 
 REPO = Path(__file__).resolve().parent.parent
 PREPARE = REPO / "datasets" / "prepare.py"
@@ -198,6 +198,20 @@ def test_centre_crop_geometry_of_a_wide_image(tmp_path):
     expected = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
     expected[:, :4, 0] = expected[:, 4:12, 1] = expected[:, 12:, 2] = 255
     np.testing.assert_array_equal(out, expected)
+
+
+def test_16_bit_pngs_are_scaled_by_their_bit_depth_not_by_each_image(tmp_path):
+    # 200 and 300 of 65535 are both near black; scaled by each image's own maximum, 200 read as 200 of 255.
+    values = (200, 300, 40000, 65535)
+    for value in values:
+        Image.fromarray(np.full((4, 4), value, dtype=np.uint16)).save(tmp_path / f"{value}.png")
+    assert Image.open(tmp_path / "200.png").mode.startswith("I")
+    decoded = {v: np.asarray(decode_image((tmp_path / f"{v}.png").read_bytes(), f"{v}.png")) for v in values}
+    assert all(a.shape == (4, 4, 3) and a.dtype == np.uint8 for a in decoded.values())
+    assert {v: set(a.ravel().tolist()) for v, a in decoded.items()} == {200: {1}, 300: {1}, 40000: {156}, 65535: {255}}
+    Image.fromarray(np.full((4, 4), 200, dtype=np.int32)).save(tmp_path / "deep32.tif")
+    with pytest.raises(ImageDecodeError, match=r"cannot read image deep32.tif: 32-bit integer pixels"):
+        decode_image((tmp_path / "deep32.tif").read_bytes(), "deep32.tif")
 
 
 def test_grayscale_rgba_palette_and_16_bit_become_rgb(tmp_path):

@@ -7,12 +7,15 @@ import torch as th
 
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion.script_util import (
+    DEFAULT_CHANNEL_MULT,
     args_to_dict,
+    check_model_flags,
     create_argparser,
     create_model_and_diffusion,
     model_and_diffusion_defaults,
     parse_args_with_config,
 )
+from tests.tiny import TINY_MODEL_FLAGS
 
 ADM_256_UNCOND = (
     "--attention_resolutions 32,16,8 --class_cond False --diffusion_steps 1000 --image_size 256 "
@@ -103,6 +106,33 @@ def test_bad_model_flags_say_what_is_expected():
     kw.update(image_size=32, attention_resolutions="5")
     with pytest.raises(ValueError, match="attention_resolutions"):
         create_model_and_diffusion(**kw)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(num_channels=0), r"^--num_channels 0: must be positive"),
+    (dict(num_channels=-64), r"^--num_channels -64: must be positive"),
+    (dict(num_channels=48), r"^--channel_mult 1,2 with --num_channels 48: level 0 gets 48 channels"),
+    (dict(channel_mult="1,2,2,2,2,2"), r"^--channel_mult 1,2,2,2,2,2 has 6 levels, too deep for --image_size 16: .* "
+                                       r"multiple of 32; give at most 5 levels$"),
+    (dict(image_size=24, channel_mult="1,2,2,2,2", attention_resolutions="6"), r"multiple of 16; give at most 4 levels$"),
+    (dict(attention_resolutions="4"), r"^--attention_resolutions 4: 4 is not among the resolutions .* \(16, 8\)"),
+])
+def test_model_flags_the_unet_cannot_take_are_refused_in_one_line(flags, message):
+    kw = {**model_and_diffusion_defaults(), **TINY_MODEL_FLAGS, **flags}
+    with pytest.raises(ValueError, match=message):
+        check_model_flags(kw)
+    with pytest.raises(ValueError, match=message):
+        create_model_and_diffusion(**kw)
+
+
+@pytest.mark.parametrize("image_size", sorted(DEFAULT_CHANNEL_MULT))
+def test_adm_model_flags_pass_the_check(image_size):
+    # ADM's defaults and the attention resolutions of its released models and of the paper's configs.
+    for attention in ("16,8", "32,16,8", "16"):
+        flags = dict(image_size=image_size, num_channels=256 if image_size == 512 else 128, channel_mult="",
+                     attention_resolutions=attention)
+        check_model_flags({**model_and_diffusion_defaults(), **flags})
+    check_model_flags({**model_and_diffusion_defaults(), **TINY_MODEL_FLAGS, "channel_mult": "1,2,2,2,2"})
 
 
 def test_class_conditional_model_takes_labels():

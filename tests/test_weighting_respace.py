@@ -8,6 +8,7 @@ from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion.resample import LossSecondMomentResampler, UniformSampler, create_named_schedule_sampler
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 from guided_diffusion.script_util import create_gaussian_diffusion
+from guided_diffusion import weighting
 from guided_diffusion.weighting import WEIGHT_SCHEDULES, snr_from_alphas_cumprod, timestep_loss_weights
 
 LINEAR_AC = np.cumprod(1 - gd.get_named_beta_schedule("linear", 1000))
@@ -161,3 +162,35 @@ def test_loss_second_moment_sampler_and_state_round_trip():
     assert isinstance(create_named_schedule_sampler("uniform", d), UniformSampler)
     with pytest.raises(ValueError, match="schedule_sampler 'x'"):
         create_named_schedule_sampler("x", d)
+
+
+def test_every_built_in_parameter_declares_its_range():
+    assert {key: weighting.parameter_domain(key) for key in weighting.parameter_defaults()} == {
+        "p2_k": weighting.POSITIVE, "p2_gamma": weighting.NON_NEGATIVE, "min_snr_gamma": weighting.POSITIVE,
+    }
+    for key, default in weighting.parameter_defaults().items():
+        assert default in weighting.parameter_domain(key)
+
+
+@pytest.mark.parametrize("key, value, valid", [
+    ("p2_k", 1e-9, True), ("p2_k", 0.0, False), ("p2_gamma", 0.0, True), ("p2_gamma", -1e-9, False),
+    ("min_snr_gamma", 0.0, False), ("min_snr_gamma", float("inf"), False), ("min_snr_gamma", float("nan"), False),
+])
+def test_parameter_values_are_checked_against_their_range(key, value, valid):
+    if valid:
+        weighting.check_parameter_values({key: value})
+        return
+    with pytest.raises(ValueError, match=rf"^--{key} {value:g}: out of range; expected {key} >"):
+        weighting.check_parameter_values({key: value})
+    # Wherever the weighting is resolved, whichever schedule is chosen.
+    with pytest.raises(ValueError, match=f"--{key}"):
+        timestep_loss_weights("constant", LINEAR_AC, **{key: value})
+
+
+def test_a_parameter_declared_without_a_range_takes_any_finite_number(monkeypatch):
+    monkeypatch.setitem(WEIGHT_SCHEDULES, "power_snr", lambda snr, power_snr_exponent=0.5: snr ** -power_snr_exponent)
+    assert weighting.parameter_domain("power_snr_exponent") == weighting.ANY_FINITE
+    w = timestep_loss_weights("power_snr", LINEAR_AC, power_snr_exponent=-2.0)
+    np.testing.assert_allclose(w, snr_from_alphas_cumprod(LINEAR_AC) ** 2.0)
+    with pytest.raises(ValueError, match=r"--power_snr_exponent nan: out of range; expected power_snr_exponent finite"):
+        timestep_loss_weights("power_snr", LINEAR_AC, power_snr_exponent=float("nan"))
