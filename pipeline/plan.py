@@ -92,6 +92,55 @@ class Run:
             raise PlanError(f"{where}: run {text!r}: {err}") from None
 
 
+# Set per run by the grid (`runs = ["debias", "constant@x0", ...]`); a [train] value would give every
+# run the same objective under different labels.
+PER_RUN_KEYS = ("weight_schedule", "predict_xstart", "predict_v")
+
+
+def _check_train_table(train, where):
+    """Refuse, before anything runs, a [train] key no training accepts, one the grid sets per run, or a
+    schedule parameter outside its range."""
+    from guided_diffusion.resample import check_schedule_sampler
+    from guided_diffusion.train_util import image_train_defaults
+    from guided_diffusion.weighting import check_parameter_values
+
+    per_run = sorted(k for k in train if k in PER_RUN_KEYS)
+    if per_run:
+        raise PlanError(
+            f"{where}: [train] {', '.join(per_run)} is set per run by 'runs' (e.g. runs = [\"debias\", \"constant@x0\"]); "
+            "remove it from [train]"
+        )
+    unknown = sorted(set(train) - set(image_train_defaults()))
+    if unknown:
+        raise PlanError(f"{where}: [train] has key(s) {', '.join(unknown)} that scripts/image_train.py does not take")
+    try:
+        check_parameter_values(train)
+        if "schedule_sampler" in train:
+            check_schedule_sampler(train["schedule_sampler"])
+    except ValueError as err:
+        raise PlanError(f"{where}: [train] {err}") from None
+
+
+def _check_step_counts(samplers, config, train, where):
+    """A sampler cannot take more steps than the diffusion has (its T, from [train] or the config)."""
+    from guided_diffusion.script_util import load_config, model_and_diffusion_defaults
+
+    if not samplers:
+        return
+    defaults = model_and_diffusion_defaults()
+    steps_of_diffusion = train.get("diffusion_steps")
+    if steps_of_diffusion is None:
+        try:
+            steps_of_diffusion = load_config(config, defaults, sections=("diffusion",)).get(
+                "diffusion_steps", defaults["diffusion_steps"])
+        except FileNotFoundError:
+            raise PlanError(f"{where}: config {config}: no such file") from None
+    too_many = sorted({f"{s.sampler} {s.steps}" for s in samplers if s.steps > int(steps_of_diffusion)})
+    if too_many:
+        raise PlanError(f"{where}: {', '.join(too_many)} steps, but the diffusion of {config} has only "
+                        f"{steps_of_diffusion} (diffusion_steps)")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerSetting:
     """A sampler at a step count, optionally only for some checkpoints and runs of the dataset.
@@ -227,8 +276,14 @@ def load_plan(path, root=None):
             raise PlanError(f"{where}: give 'source' (to prepare) or 'data_dir' (already prepared)")
         runs = [Run.parse(r, where) for r in entry.get("runs", ["constant", "p2", "min_snr", "debias"])]
         run_names = {r.name for r in runs}
+        if len(run_names) < len(runs):
+            twice = sorted({r.name for r in runs if sum(other.name == r.name for other in runs) > 1})
+            raise PlanError(f"{where}: run(s) {', '.join(twice)} listed twice; each would train into the same log dir")
         train = _merged(_table(raw, "train", path), _table(entry, "train", where))
+        _check_train_table(train, where)
         sample = _merged(_table(raw, "sample", path), _table(entry, "sample", where))
+        if "num_samples" in sample and int(sample["num_samples"]) < 1:
+            raise PlanError(f"{where}: [sample] num_samples = {sample['num_samples']}; expected at least 1")
         samplers = _samplers(sample, where)
         foreign = sorted({r for s in samplers for r in s.runs} - run_names)
         if foreign:
@@ -253,6 +308,7 @@ def load_plan(path, root=None):
                 f"{where}: keep_checkpoints {keep} would delete the checkpoints of iterations {pruned} before they are "
                 f"sampled; set keep_every to a divisor of them"
             )
+        _check_step_counts(samplers, config, train, where)
         train = {**train, "max_steps": max_steps, "save_interval": save_interval}
         datasets.append(
             DatasetPlan(

@@ -192,6 +192,14 @@ def test_slurm_scripts_chain_dependencies(tmp_path):
         ("[train]\nmax_steps=100\nsave_interval=30\n[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\niterations=[50]\n", "not multiples"),
         ("[[datasets]]\nname='x'\nconfig='c'\n", "give 'source'"),
         ("[extra]\n", "unknown table"),
+        ("[train]\nweight_schedule='constant'\n[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\n", "weight_schedule is set per run"),
+        ("[train]\npredict_v=true\n[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\n", "predict_v is set per run"),
+        ("[train]\nmax_stepz=5\n[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\n", "max_stepz that scripts/image_train.py does not take"),
+        ("[train]\np2_k=-1\n[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\n", "p2_k -1: out of range"),
+        ("[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\nruns=['debias', 'p2', 'debias']\n", "debias listed twice"),
+        ("[sample]\nnum_samples=0\n[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\n", "num_samples = 0; expected at least 1"),
+        ("[train]\nmax_steps=10\n[sample]\nsamplers=[{sampler='ddpm', steps=[100, 2000]}]\n[[datasets]]\nname='x'\nconfig='configs/demo.toml'\ndata_dir='d'\n",
+         "ddpm 2000 steps, but the diffusion of .*demo.toml has only 1000"),
     ],
 )
 def test_bad_plans_say_what_is_wrong(tmp_path, body, message):
