@@ -4,7 +4,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .frechet import RunningMoments
-from .inception import POOL_FEATURES
+from .inception import LOGITS, POOL_FEATURES
 from .sources import open_image_source
 
 DEFAULT_BATCH_SIZE = 64
@@ -32,10 +32,18 @@ def extract_features(source, inception, batch_size=DEFAULT_BATCH_SIZE, progress=
     return {name: np.concatenate(parts) for name, parts in collected.items()}
 
 
+def feature_statistics(source, inception, batch_size=DEFAULT_BATCH_SIZE, progress=True, desc="Inception features"):
+    """({feature name: (mu, sigma)}, count) of every feature but the logits, streamed so any number of images fits."""
+    moments = {}
+    for batch in iter_features(source, inception, batch_size, progress, desc):
+        for name, values in batch.items():
+            if name != LOGITS:
+                moments.setdefault(name, RunningMoments()).update(values)
+    statistics = {name: running.statistics() for name, running in moments.items()}
+    return statistics, moments[POOL_FEATURES].count
+
+
 def pool_statistics(source, inception, batch_size=DEFAULT_BATCH_SIZE, progress=True, desc="Inception features"):
     """(mu, sigma, count) of the 2048-d pool features, streamed so any number of images fits in memory."""
-    moments = RunningMoments()
-    for batch in iter_features(source, inception, batch_size, progress, desc):
-        moments.update(batch[POOL_FEATURES])
-    mu, sigma = moments.statistics()
-    return mu, sigma, moments.count
+    statistics, count = feature_statistics(source, inception, batch_size, progress, desc)
+    return (*statistics[POOL_FEATURES], count)

@@ -1,4 +1,4 @@
-"""Evaluate samples against a reference: FID, and on request IS, KID and precision/recall; record the result.
+"""Evaluate samples against a reference: FID and sFID, on request IS, KID and precision/recall; record the result.
 
     python -m evaluations.fid --ref refs/ffhq256.npz \
         --samples samples/ffhq/debias/T100/samples_50000x256x256x3.npz [--is] [--kid] [--prc]
@@ -11,6 +11,12 @@ as flags are taken from the run record that sampling wrote beside the samples
 (`sampling.json`), then from ADM's defaults (eps prediction, DDPM sampler).
 `--metrics_out` writes the same record as JSON. An evaluation that fails records
 nothing: the outputs are checked to be writable before the work starts.
+
+A metric that cannot be computed while the others can does not sink the
+evaluation: the others are recorded, and the record's `missing` maps the
+metric to the reason (`{"is": "no logits layer in the Inception weights ..."}`
+with the offline weights; `{"sfid": ...}` against reference statistics written
+before sFID was recorded). sFID is ADM's spatial FID (evaluations.inception).
 """
 
 import argparse
@@ -27,14 +33,16 @@ from guided_diffusion.targets import TARGETS
 
 from .errors import EvaluationError
 from .feature_metrics import inception_score, kernel_inception_distance, kid_subset_size, precision_recall
-from .features import DEFAULT_BATCH_SIZE, extract_features, pool_statistics
+from .features import DEFAULT_BATCH_SIZE, extract_features, feature_statistics
 from .frechet import bootstrap_frechet_distance, frechet_distance, gaussian_statistics
-from .inception import LOGITS, POOL_FEATURES, InceptionFeatures
-from .ref_stats import default_statistics_cache_dir, holds_statistics, load_features, reference_statistics
+from .inception import LOGITS, POOL_FEATURES, SPATIAL_FEATURES, WEIGHTS_ENV, InceptionFeatures
+from .ref_stats import default_statistics_cache_dir, holds_statistics, load_features, reference_feature_statistics
 from .registry import ADM_DEFAULTS, DEFAULT_RESULTS, append_result
 from .run_metadata import fields_from_run_files
 from .sources import open_image_source
 
+
+log = logging.getLogger(__name__)
 
 RUN_FIELDS = ("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps", "checkpoint_hash")
 
@@ -53,7 +61,8 @@ def evaluate(
     cache_dir=None,
     progress=True,
 ):
-    """Metrics of `samples` against `ref`: dict with fid, num_samples, and is/kid/precision/recall/fid_std (None if not asked).
+    """Metrics of `samples` against `ref`: dict with fid, sfid, num_samples, is/kid/precision/recall/fid_std
+    (None if not asked) and `missing`, {metric: why it could not be computed}.
 
     KID and precision/recall need reference features: a `--ref` written by
     `ref_stats --features` holds them, otherwise `ref` must be images. With
@@ -75,26 +84,36 @@ def evaluate(
     def network():
         # Built on first use: bad samples or reference statistics fail before Inception loads.
         if not built:
-            built.append(InceptionFeatures(inception_weights, device=device, with_logits=with_inception_score))
+            built.append(InceptionFeatures(
+                inception_weights, device=device, with_logits=with_inception_score, require_logits=False
+            ))
         return built[0]
 
     if needs_reference_features and reference_features is None:
-        reference_features = extract_features(ref, network(), batch_size, progress, desc="reference")[POOL_FEATURES]
-    if reference_features is not None and not holds_statistics(ref):
-        ref_mu, ref_sigma = gaussian_statistics(reference_features)
+        extracted = extract_features(ref, network(), batch_size, progress, desc="reference")
+        reference_features = extracted[POOL_FEATURES]
+        ref_statistics = {name: gaussian_statistics(extracted[name]) for name in (POOL_FEATURES, SPATIAL_FEATURES)}
     else:
-        ref_mu, ref_sigma = reference_statistics(ref, network, batch_size, cache_dir, progress)
+        ref_statistics = reference_feature_statistics(ref, network, batch_size, cache_dir, progress)
+    ref_mu, ref_sigma = ref_statistics[POOL_FEATURES]
     inception = network()
 
     metrics = {"is": None, "is_std": None, "kid": None, "kid_std": None, "precision": None, "recall": None,
-               "fid_std": None}
+               "fid_std": None, "sfid": None, "missing": {}}
+    if with_inception_score and inception.logits_missing:
+        metrics["missing"]["is"] = inception.logits_missing
+        log.warning("Inception Score not computed: %s", inception.logits_missing)
     if with_inception_score or needs_reference_features or bootstrap:
         features = extract_features(source, inception, batch_size, progress, desc="samples")
         pool = features[POOL_FEATURES]
-        mu, sigma = gaussian_statistics(pool)
+        statistics = {name: gaussian_statistics(features[name]) for name in (POOL_FEATURES, SPATIAL_FEATURES)}
         count = pool.shape[0]
-        if with_inception_score:
-            metrics["is"], metrics["is_std"] = inception_score(features[LOGITS])
+        if with_inception_score and LOGITS in features:
+            try:
+                metrics["is"], metrics["is_std"] = inception_score(features[LOGITS])
+            except EvaluationError as err:  # too few samples for its splits: the other metrics still stand
+                metrics["missing"]["is"] = str(err)
+                log.warning("Inception Score not computed: %s", err)
         if with_kid:
             subset_size = kid_subset_size(len(pool), len(reference_features))
             metrics["kid"], metrics["kid_std"] = kernel_inception_distance(pool, reference_features, subset_size=subset_size)
@@ -103,8 +122,16 @@ def evaluate(
         if bootstrap:
             metrics["fid_std"] = float(bootstrap_frechet_distance(pool, ref_mu, ref_sigma, bootstrap).std(ddof=1))
     else:
-        mu, sigma, count = pool_statistics(source, inception, batch_size, progress, desc="samples")
-    metrics["fid"] = frechet_distance(mu, sigma, ref_mu, ref_sigma)
+        statistics, count = feature_statistics(source, inception, batch_size, progress, desc="samples")
+    metrics["fid"] = frechet_distance(*statistics[POOL_FEATURES], ref_mu, ref_sigma)
+    if SPATIAL_FEATURES in ref_statistics:
+        metrics["sfid"] = frechet_distance(*statistics[SPATIAL_FEATURES], *ref_statistics[SPATIAL_FEATURES])
+    else:
+        metrics["missing"]["sfid"] = (
+            f"reference {os.path.basename(ref)} holds no spatial statistics (mu_s, sigma_s); "
+            "rewrite it with evaluations.ref_stats"
+        )
+        log.warning("sFID not computed: %s", metrics["missing"]["sfid"])
     metrics["num_samples"] = count
     metrics["inception_weights"] = inception.weights_path
     return metrics
@@ -131,6 +158,7 @@ def registry_record(samples, ref, metrics, fields, date=None):
         "num_samples": metrics["num_samples"],
         "fid": metrics["fid"],
         "fid_std": metrics["fid_std"],
+        "sfid": metrics["sfid"],
         "is": metrics["is"],
         "is_std": metrics["is_std"],
         "kid": metrics["kid"],
@@ -142,12 +170,15 @@ def registry_record(samples, ref, metrics, fields, date=None):
         "samples": samples,
         "ref": ref,
         "inception_weights": metrics["inception_weights"],
+        "missing": dict(metrics["missing"]),
     }
 
 
 def format_metrics(metrics):
     spread = f" +- {metrics['fid_std']:.4f} (bootstrap)" if metrics["fid_std"] is not None else ""
     lines = [f"FID: {metrics['fid']:.4f}{spread}  ({metrics['num_samples']} samples)"]
+    if metrics["sfid"] is not None:
+        lines.append(f"sFID: {metrics['sfid']:.4f}")
     if metrics["is"] is not None:
         lines.append(f"Inception Score: {metrics['is']:.4f} +- {metrics['is_std']:.4f}")
     if metrics["kid"] is not None:
@@ -155,6 +186,7 @@ def format_metrics(metrics):
     if metrics["precision"] is not None:
         lines.append(f"Precision: {metrics['precision']:.4f}")
         lines.append(f"Recall: {metrics['recall']:.4f}")
+    lines += [f"{name} not computed: {reason}" for name, reason in sorted(metrics["missing"].items())]
     return "\n".join(lines)
 
 
@@ -162,7 +194,10 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", required=True, help="statistics npz (mu, sigma) or reference images")
     parser.add_argument("--samples", required=True, help="ADM samples npz, sample-batch folder or image folder")
-    parser.add_argument("--inception_weights", default=None, help="torch-fidelity Inception state dict (offline use)")
+    parser.add_argument(
+        "--inception_weights", default=None,
+        help=f"torch-fidelity Inception state dict (default: ${WEIGHTS_ENV}, then the torch hub cache)",
+    )
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--is", dest="inception_score", action="store_true", help="also the Inception Score")

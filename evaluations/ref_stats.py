@@ -1,11 +1,14 @@
 """Reference statistics: mu/sigma (float64) of the Inception pool features of a training set.
 
-Written as an npz with ADM's reference-batch keys `mu` and `sigma`, so ADM's
-published `VIRTUAL_*.npz` reference batches and our files are interchangeable
-as `--ref`. Computing them over a folder takes a while, so results are cached
-under the cache directory, keyed by the input's file names, sizes and
-modification times and by the Inception weights: a second call with the same
-input is a file read.
+Written as an npz with ADM's reference-batch keys `mu` and `sigma` (pool
+features, for FID) and `mu_s` and `sigma_s` (ADM's spatial features, for
+sFID), so ADM's published `VIRTUAL_*.npz` reference batches and our files are
+interchangeable as `--ref`. Files written before sFID was recorded hold no
+`mu_s`/`sigma_s`: they still give the FID, and the sFID is recorded missing.
+
+Computing them over a folder takes a while, so results are cached under the
+cache directory, keyed by the input's file names, sizes and modification times
+and by the Inception weights: a second call with the same input is a file read.
 
     python -m evaluations.ref_stats <image folder | samples .npz | prepared dataset dir> <out.npz>
 """
@@ -24,14 +27,17 @@ from guided_diffusion.script_util import str2bool
 
 from .convert_inception import default_cache_dir
 from .errors import EvaluationError, MissingInputError
-from .features import DEFAULT_BATCH_SIZE, extract_features, pool_statistics
+from .features import DEFAULT_BATCH_SIZE, extract_features, feature_statistics
 from .frechet import gaussian_statistics
-from .inception import POOL_FEATURES, InceptionFeatures
+from .inception import POOL_FEATURES, SPATIAL_FEATURES, InceptionFeatures
 from .sources import FirstImages, open_image_source
 
 log = logging.getLogger(__name__)
 
 STATISTICS_KEYS = ("mu", "sigma")
+SPATIAL_STATISTICS_KEYS = ("mu_s", "sigma_s")
+# Which npz keys hold the statistics of which features.
+KEYS_OF_FEATURES = {POOL_FEATURES: STATISTICS_KEYS, SPATIAL_FEATURES: SPATIAL_STATISTICS_KEYS}
 FEATURES_KEY = "features"
 
 
@@ -39,11 +45,14 @@ def default_statistics_cache_dir():
     return os.path.join(default_cache_dir(), "ref_stats")
 
 
-def save_statistics(path, mu, sigma, num_images, features=None):
-    """mu, sigma (float64) and, when given, the pool features (float32, N x D) that KID and bootstraps need."""
+def save_statistics(path, mu, sigma, num_images, features=None, spatial=None):
+    """mu, sigma (float64), the spatial (mu_s, sigma_s) when given, and the pool features (float32, N x D) that
+    KID and bootstraps need when given."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     arrays = dict(mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), num_images=num_images)
+    if spatial is not None:
+        arrays.update(mu_s=np.asarray(spatial[0], np.float64), sigma_s=np.asarray(spatial[1], np.float64))
     if features is not None:
         arrays[FEATURES_KEY] = np.asarray(features, np.float32)
     with atomic_open(path, "wb") as f:
@@ -70,6 +79,11 @@ def holds_statistics(path):
 
 def load_statistics(path):
     """(mu, sigma) float64 from an npz with keys mu, sigma (ours or ADM's VIRTUAL_*.npz)."""
+    return load_feature_statistics(path)[POOL_FEATURES]
+
+
+def load_feature_statistics(path):
+    """{feature name: (mu, sigma)} of a statistics npz: the pool features always, the spatial ones when it has them."""
     if not os.path.isfile(path):
         raise MissingInputError(f"reference statistics {path!r} do not exist")
     keys = npz_keys(path)
@@ -78,14 +92,25 @@ def load_statistics(path):
             f"reference {path!r} has no 'mu'/'sigma' statistics (keys: {sorted(keys)}); "
             "expected a statistics npz from evaluations.ref_stats or an ADM reference batch"
         )
+    partial = set(SPATIAL_STATISTICS_KEYS) & keys
+    if len(partial) == 1:
+        raise EvaluationError(f"reference {path!r} has {sorted(partial)} but not both 'mu_s' and 'sigma_s'")
+    statistics = {}
     with np.load(path) as contents:
-        mu = np.asarray(contents["mu"], dtype=np.float64)
-        sigma = np.asarray(contents["sigma"], dtype=np.float64)
+        for name, (mu_key, sigma_key) in KEYS_OF_FEATURES.items():
+            if mu_key in contents.files:
+                statistics[name] = _checked_statistics(path, contents, mu_key, sigma_key)
+    return statistics
+
+
+def _checked_statistics(path, contents, mu_key, sigma_key):
+    mu = np.asarray(contents[mu_key], dtype=np.float64)
+    sigma = np.asarray(contents[sigma_key], dtype=np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise EvaluationError(
-            f"reference {path!r}: 'mu' must be (D,) and 'sigma' (D, D), got {mu.shape} and {sigma.shape}"
+            f"reference {path!r}: '{mu_key}' must be (D,) and '{sigma_key}' (D, D), got {mu.shape} and {sigma.shape}"
         )
-    for name, values in (("mu", mu), ("sigma", sigma)):
+    for name, values in ((mu_key, mu), (sigma_key, sigma)):
         bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
             raise EvaluationError(
@@ -110,17 +135,33 @@ def statistics_cache_key(source, inception):
 
 def image_statistics(path, inception, batch_size=DEFAULT_BATCH_SIZE, cache_dir=None, progress=True, source=None):
     """(mu, sigma) of the images at `path` (or of `source`, opened from it), cached when `cache_dir` is set."""
+    return image_feature_statistics(
+        path, inception, batch_size, cache_dir, progress, source, need=(POOL_FEATURES,)
+    )[POOL_FEATURES]
+
+
+def image_feature_statistics(
+    path, inception, batch_size=DEFAULT_BATCH_SIZE, cache_dir=None, progress=True, source=None,
+    need=(POOL_FEATURES, SPATIAL_FEATURES),
+):
+    """{feature name: (mu, sigma)} of the images at `path`, cached when `cache_dir` is set.
+
+    A cached file without every feature in `need` (one written before sFID was recorded) is recomputed.
+    """
     source = source or open_image_source(path)
     cached = None
     if cache_dir:
         cached = os.path.join(cache_dir, f"{statistics_cache_key(source, inception)}.npz")
         if os.path.isfile(cached):
-            log.info("reference statistics of %s from cache %s", path, cached)
-            return load_statistics(cached)
-    mu, sigma, count = pool_statistics(source, inception, batch_size, progress, desc=f"statistics {path}")
+            statistics = load_feature_statistics(cached)
+            if set(need) <= set(statistics):
+                log.info("reference statistics of %s from cache %s", path, cached)
+                return statistics
+            log.info("cached statistics %s predate the sFID features: recomputing them", cached)
+    statistics, count = feature_statistics(source, inception, batch_size, progress, desc=f"statistics {path}")
     if cached:
-        save_statistics(cached, mu, sigma, count)
-    return mu, sigma
+        save_statistics(cached, *statistics[POOL_FEATURES], count, spatial=statistics.get(SPATIAL_FEATURES))
+    return statistics
 
 
 def reference_statistics(path, inception_factory, batch_size=DEFAULT_BATCH_SIZE, cache_dir=None, progress=True):
@@ -130,18 +171,25 @@ def reference_statistics(path, inception_factory, batch_size=DEFAULT_BATCH_SIZE,
     """
     if holds_statistics(path):
         return load_statistics(path)
+    return reference_feature_statistics(path, inception_factory, batch_size, cache_dir, progress)[POOL_FEATURES]
+
+
+def reference_feature_statistics(path, inception_factory, batch_size=DEFAULT_BATCH_SIZE, cache_dir=None, progress=True):
+    """{feature name: (mu, sigma)} of `path`, like reference_statistics; an old statistics npz lacks the spatial ones."""
+    if holds_statistics(path):
+        return load_feature_statistics(path)
     if os.path.isfile(path) and path.endswith(".npz") and "arr_0" not in npz_keys(path):
         raise EvaluationError(
             f"reference {path!r} has neither 'mu'/'sigma' statistics nor 'arr_0' images "
             f"(keys: {sorted(npz_keys(path))})"
         )
-    return image_statistics(path, inception_factory(), batch_size, cache_dir, progress)
+    return image_feature_statistics(path, inception_factory(), batch_size, cache_dir, progress)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="image folder, ADM samples .npz, sample-batch folder or prepared dataset dir")
-    parser.add_argument("out", help="output .npz with keys mu, sigma")
+    parser.add_argument("out", help="output .npz with keys mu, sigma (pool) and mu_s, sigma_s (spatial, for sFID)")
     parser.add_argument("--inception_weights", default=None, help="torch-fidelity Inception state dict")
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
@@ -166,12 +214,20 @@ def main(argv=None):
             source = FirstImages(source, args.num_images)
         features = None
         if args.features:
-            features = extract_features(source, inception, args.batch_size, desc=f"features {args.input}")[POOL_FEATURES]
-            mu, sigma = gaussian_statistics(features)
+            extracted = extract_features(source, inception, args.batch_size, desc=f"features {args.input}")
+            features = extracted[POOL_FEATURES]
+            statistics = {name: gaussian_statistics(extracted[name]) for name in KEYS_OF_FEATURES}
         else:
-            mu, sigma = image_statistics(args.input, inception, args.batch_size, args.cache_dir or None, source=source)
-        save_statistics(args.out, mu, sigma, source.num_images, features)
-        print(f"wrote {args.out}: mu {mu.shape}, sigma {sigma.shape} over {source.num_images} images")
+            statistics = image_feature_statistics(
+                args.input, inception, args.batch_size, args.cache_dir or None, source=source
+            )
+        mu, sigma = statistics[POOL_FEATURES]
+        spatial = statistics[SPATIAL_FEATURES]
+        save_statistics(args.out, mu, sigma, source.num_images, features, spatial=spatial)
+        print(
+            f"wrote {args.out}: mu {mu.shape}, sigma {sigma.shape}, spatial mu_s {spatial[0].shape} "
+            f"over {source.num_images} images"
+        )
 
     return job.run_main(run, prog=None, exit_code=2)
 

@@ -28,6 +28,7 @@ RESULT_FIELDS = (
     "num_samples",
     "fid",
     "fid_std",
+    "sfid",
     "is",
     "kid",
     "kid_std",

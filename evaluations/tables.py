@@ -2,7 +2,10 @@
 
 A cell reads `ours (paper, ours - paper)`, e.g. `6.41 (6.354, +0.06)`; with
 no matching result it reads `— (6.354)`, and `—` alone where the paper has no
-number either. Cells the paper reports from other work (P2*, Table 3's prior
+number either. A cell whose evaluation ran but could not compute the
+cell's metric (IS without Inception weights that have logits, sFID against
+old reference statistics) reads `n/a[1] (8.13)`, with note [1] below the table
+giving the reason the registry recorded. Cells the paper reports from other work (P2*, Table 3's prior
 models) show the published value only. When several registry lines match a
 cell, the newest (by date, then by position in the file) that has the
 cell's metric wins. Tables 1, 2 and 4 take models trained for the paper's
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 FORMATS = ("md", "tex", "csv")
 DEFAULT_OUT_DIR = os.path.join("results", "tables")
 NO_RESULT = "—"
+NOT_COMPUTED = "n/a"
+METRIC_LABELS = {"fid": "FID", "sfid": "sFID", "is": "IS"}
 WEIGHTINGS = ("constant", "p2", "min_snr", "debias")
 PAPER_SAMPLER = "ddpm"
 
@@ -45,6 +50,8 @@ class Cell:
     query: dict = None
     metric: str = "fid"
     ours: float = None
+    # Footnote number of the reason the metric is missing, when the evaluation ran without it.
+    note: int = None
 
     @property
     def difference(self):
@@ -56,7 +63,8 @@ class Cell:
         if self.query is None:
             return self.published if self.published is not None else NO_RESULT
         if self.ours is None:
-            return f"{NO_RESULT} ({self.published})" if self.published is not None else NO_RESULT
+            mark = NO_RESULT if self.note is None else f"{NOT_COMPUTED}[{self.note}]"
+            return f"{mark} ({self.published})" if self.published is not None else mark
         if self.published is None:
             return f"{self.ours:.2f}"
         return f"{self.ours:.2f} ({self.published}, {self.difference:+.2f})"
@@ -70,6 +78,13 @@ class Table:
     header: list
     label_columns: int
     rows: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def note_number(self, text):
+        """1-based number of footnote `text`, added on first use."""
+        if text not in self.notes:
+            self.notes.append(text)
+        return self.notes.index(text) + 1
 
     def cells(self):
         for row in self.rows:
@@ -101,6 +116,14 @@ def newest_value(records, query, metric):
     if not candidates:
         return None
     return float(max(candidates, key=recency)[metric])
+
+
+def missing_reason(records, query, metric):
+    """Why the newest matching evaluation that recorded `metric` as missing could not compute it, or None."""
+    candidates = [r for r in records if isinstance(r.get("missing"), dict) and metric in r["missing"] and matches(r, query)]
+    if not candidates:
+        return None
+    return str(max(candidates, key=recency)["missing"][metric])
 
 
 def _query(dataset, steps, weight_schedule, iterations, pred="eps"):
@@ -140,17 +163,19 @@ def table2(iterations):
     header = ["Dataset", "Steps T", "Metric", "Constant", "P2", "Min-SNR", "Ours (debias)"]
     table = Table(
         "table2",
-        "Table 2: class-conditional generation, FID (lower is better) and IS (higher is better)",
-        f"DDPM sampling with T respaced steps, eps-prediction, {_training_note(iterations)}.",
+        "Table 2: class-conditional generation, FID and sFID (lower is better) and IS (higher is better)",
+        f"DDPM sampling with T respaced steps, eps-prediction, {_training_note(iterations)}. "
+        "sFID is ADM's spatial FID; the paper reports none.",
         header,
         3,
     )
     for (dataset, steps), metrics in published.TABLE2.items():
-        for metric, label in (("fid", "FID"), ("is", "IS")):
-            row = [published.DATASET_LABELS[dataset], str(steps), label]
+        for metric in ("fid", "sfid", "is"):
+            row = [published.DATASET_LABELS[dataset], str(steps), METRIC_LABELS[metric]]
             for weighting in WEIGHTINGS:
                 query = _query(dataset, steps, weighting, iterations)
-                row.append(Cell(published=metrics[metric][weighting], query=query, metric=metric))
+                paper = metrics.get(metric, {}).get(weighting)
+                row.append(Cell(published=paper, query=query, metric=metric))
             table.rows.append(row)
     return table
 
@@ -175,16 +200,18 @@ def table3():
 def table4(iterations):
     table = Table(
         "table4",
-        "Table 4: prediction targets on CelebA-HQ, T=100 steps, FID (lower is better)",
-        f"DDPM sampling with {published.TABLE4_STEPS} respaced steps, {_training_note(iterations)}.",
+        "Table 4: prediction targets on CelebA-HQ, T=100 steps, FID and sFID (lower is better)",
+        f"DDPM sampling with {published.TABLE4_STEPS} respaced steps, {_training_note(iterations)}. "
+        "sFID is ADM's spatial FID; the paper reports none.",
         ["Metric"] + [entry["label"] for entry in published.TABLE4_CELEBAHQ],
         1,
     )
-    row = ["FID"]
-    for entry in published.TABLE4_CELEBAHQ:
-        query = _query("celebahq", published.TABLE4_STEPS, entry["weight_schedule"], iterations, pred=entry["pred"])
-        row.append(Cell(published=entry["fid"], query=query))
-    table.rows.append(row)
+    for metric in ("fid", "sfid"):
+        row = [METRIC_LABELS[metric]]
+        for entry in published.TABLE4_CELEBAHQ:
+            query = _query("celebahq", published.TABLE4_STEPS, entry["weight_schedule"], iterations, pred=entry["pred"])
+            row.append(Cell(published=entry["fid"] if metric == "fid" else None, query=query, metric=metric))
+        table.rows.append(row)
     return table
 
 
@@ -234,6 +261,10 @@ def build_tables(records, iterations=published.PAPER_ITERATIONS):
         for cell in table.cells():
             if cell.query is not None:
                 cell.ours = newest_value(records, cell.query, cell.metric)
+                reason = None if cell.ours is not None else missing_reason(records, cell.query, cell.metric)
+                if reason is not None:
+                    label = METRIC_LABELS.get(cell.metric, cell.metric)
+                    cell.note = table.note_number(f"{label} not computed: {reason}")
     tables.append(other_results_table(records, tables))
     return tables
 
@@ -246,7 +277,8 @@ def render_markdown(tables):
     lines = [
         "# Tables of *Unmasking Bias in Diffusion Model Training* (Yu et al., ECCV 2024), reproduced",
         "",
-        f"Cells: ours (paper, ours - paper). {NO_RESULT}: no result in the registry.",
+        f"Cells: ours (paper, ours - paper). {NO_RESULT}: no result in the registry. "
+        f"{NOT_COMPUTED}[n]: evaluated, but the metric could not be computed; note [n] below the table says why.",
     ]
     for table in tables:
         lines += ["", f"## {table.title}", "", table.caption, ""]
@@ -256,6 +288,9 @@ def render_markdown(tables):
             lines.append("| " + " | ".join([NO_RESULT] * len(table.header)) + " |")
         for row in table.rows:
             lines.append("| " + " | ".join(_row_texts(row)) + " |")
+        if table.notes:
+            lines.append("")
+            lines += [f"[{number}] {text}  " for number, text in enumerate(table.notes, start=1)]
     return "\n".join(lines) + "\n"
 
 
@@ -277,7 +312,9 @@ def render_latex(tables):
         body.append(r"\midrule")
         for row in table.rows:
             body.append(" & ".join(_latex(text) for text in _row_texts(row)) + r" \\")
-        body += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        body += [r"\bottomrule", r"\end{tabular}"]
+        body += [f"\\par{{\\footnotesize [{n}] {_latex(text)}}}" for n, text in enumerate(table.notes, start=1)]
+        body.append(r"\end{table}")
         blocks.append("\n".join(body))
     return "\n\n".join(blocks) + "\n"
 
@@ -303,7 +340,8 @@ def render_csv(table):
         values = list(row[: table.label_columns])
         for cell, ours_column in zip(row[table.label_columns :], has_ours):
             if ours_column:
-                values += [_number(cell.ours), cell.published or "", _number(cell.difference)]
+                ours = _number(cell.ours) if cell.note is None else f"{NOT_COMPUTED}: {table.notes[cell.note - 1]}"
+                values += [ours, cell.published or "", _number(cell.difference)]
             else:
                 values.append(cell.published or "")
         writer.writerow(values)

@@ -47,7 +47,10 @@ DIFFUSION_HELP = dict(
 TRAINING_HELP = dict(
     data_dir="folder (or gs://, az:// URL) of training images, searched recursively",
     log_dir="logs and checkpoints; default $OPENAI_LOGDIR, else a new temp folder",
-    schedule_sampler="timestep sampling: uniform or loss-second-moment (importance sampling)",
+    schedule_sampler=(
+        "timestep sampling: uniform, loss-second-moment (importance sampling by the loss) or loss-weight "
+        "(t drawn in proportion to the weighting w(t), loss times 1/(T p(t)): same objective, less variance)"
+    ),
     lr="AdamW learning rate",
     weight_decay="AdamW weight decay",
     lr_anneal_steps="decay the lr linearly to 0 over this many steps and stop there (0: constant lr)",

@@ -1,4 +1,19 @@
-"""Timestep samplers for training: uniform, or importance sampling by the loss's second moment."""
+"""Timestep samplers for training: uniform, importance sampling by the loss's second moment or by the loss weight.
+
+Every sampler draws t ~ p(t) and returns the importance weight 1 / (T p(t)),
+by which the training loop multiplies the per-sample loss, so that the
+expected loss is the uniform average (1/T) sum_t L(t) whatever p is.
+
+`loss-weight` draws t with p(t) = w(t) / sum_s w(s), w being the weighting the
+diffusion already multiplies its MSE term by (`diffusion.mse_weights`). The
+loss keeps that multiplication: the estimator is then
+w(t) mse(t) / (T p(t)) = mean(w) * mse(t), which is unbiased for
+(1/T) sum_t w(t) mse(t) (the objective of uniform sampling) and no longer
+carries w(t)'s spread into the gradient: the weighting moves from the loss
+into the sampling. Dividing w out of the loss instead would change the
+objective's scale by mean(w) and break the comparison with uniform runs; the
+VB term of learned-variance models is reweighted the same way and stays unbiased.
+"""
 
 from abc import ABC, abstractmethod
 
@@ -7,12 +22,24 @@ import torch as th
 import torch.distributed as dist
 
 
+SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment", "loss-weight")
+
+
+def check_schedule_sampler(name):
+    if name not in SCHEDULE_SAMPLERS:
+        raise ValueError(
+            f"unknown --schedule_sampler {name!r}; expected one of: {', '.join(repr(n) for n in SCHEDULE_SAMPLERS)}"
+        )
+    return name
+
+
 def create_named_schedule_sampler(name, diffusion):
+    check_schedule_sampler(name)
     if name == "uniform":
         return UniformSampler(diffusion)
     if name == "loss-second-moment":
         return LossSecondMomentResampler(diffusion)
-    raise ValueError(f"unknown --schedule_sampler {name!r}; expected 'uniform' or 'loss-second-moment'")
+    return LossWeightSampler(diffusion)
 
 
 class ScheduleSampler(ABC):
@@ -41,6 +68,25 @@ class ScheduleSampler(ABC):
 class UniformSampler(ScheduleSampler):
     def __init__(self, diffusion):
         self._weights = np.ones([diffusion.num_timesteps])
+
+    def weights(self):
+        return self._weights
+
+
+class LossWeightSampler(ScheduleSampler):
+    """p(t) proportional to the diffusion's loss weight w(t) (see the module docstring for why this is unbiased)."""
+
+    def __init__(self, diffusion):
+        weights = np.asarray(diffusion.mse_weights, dtype=np.float64)
+        bad = np.flatnonzero(~(np.isfinite(weights) & (weights > 0)))
+        if bad.size:
+            t = int(bad[0])
+            name = getattr(diffusion, "loss_weighting", {}).get("name", "?")
+            raise ValueError(
+                f"--schedule_sampler loss-weight needs a positive finite loss weight at every timestep; "
+                f"--weight_schedule {name} has w({t}) = {weights[t]:.3g}"
+            )
+        self._weights = weights
 
     def weights(self):
         return self._weights

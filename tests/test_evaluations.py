@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import urllib.error
+import warnings
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from evaluations.convert_inception import convert_fid_inception, find_fid_helper
 from evaluations.errors import EvaluationError, MissingInputError
 from evaluations.features import extract_features
 from evaluations.frechet import gaussian_statistics
-from evaluations.inception import POOL_FEATURES, InceptionFeatures, LogitsUnavailableError
+from evaluations.inception import POOL_FEATURES, SPATIAL_FEATURES, InceptionFeatures, LogitsUnavailableError
 from evaluations.registry import RESULT_FIELDS, read_results
 from evaluations.sources import open_image_source
 
@@ -289,16 +290,94 @@ def test_converted_extractor_features_equal_torchscript(inception, image_sets, r
     np.testing.assert_allclose(features[POOL_FEATURES], reference_features["clean"], rtol=0, atol=1e-4)
 
 
-def test_converted_weights_have_no_logits_so_inception_score_fails(converted_weights, image_sets, capsys):
+def test_converted_weights_have_no_logits_so_inception_score_is_recorded_missing(
+    converted_weights, image_sets, statistics_cache, tmp_path, capsys
+):
     assert not InceptionFeatures(converted_weights).has_logits
     with pytest.raises(LogitsUnavailableError, match="Inception Score needs the logits layer"):
         InceptionFeatures(converted_weights, with_logits=True)
+    # The plans ask every evaluation for --is: without logits the FID and sFID are still recorded.
+    results, metrics_out = tmp_path / "results.jsonl", tmp_path / "metrics.json"
     code = fid_cli.main(
-        ["--ref", image_sets["clean_folder"], "--samples", image_sets["noisy0_npz"], "--is"]
-        + ["--inception_weights", converted_weights, "--results", ""]
+        ["--ref", image_sets["clean_folder"], "--samples", image_sets["noisy0_npz"], "--is", "--batch_size", "5"]
+        + ["--inception_weights", converted_weights, "--cache_dir", statistics_cache]
+        + ["--results", str(results), "--metrics_out", str(metrics_out)]
     )
-    error = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in error and error.startswith("error: the Inception Score needs the logits")
+    assert code == 0
+    (record,) = read_results(str(results))
+    assert record["fid"] > 0 and record["sfid"] > 0 and record["is"] is None
+    assert set(record["missing"]) == {"is"} and record["missing"]["is"].startswith("no logits layer")
+    assert "evaluations.fetch_inception" in record["missing"]["is"]
+    with open(metrics_out) as f:
+        assert json.load(f)["missing"] == record["missing"]
+    assert "is not computed: no logits layer" in capsys.readouterr().out
+
+
+def test_inception_score_is_recorded_with_logits_weights(converted_weights, image_sets, statistics_cache, tmp_path):
+    # torch-fidelity's real weights need a download; the converted ones with a finite fc stand in for them.
+    state = torch.load(converted_weights, map_location="cpu", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    state["fc.weight"] = 0.01 * torch.randn(state["fc.weight"].shape, generator=generator)
+    state["fc.bias"] = torch.zeros_like(state["fc.bias"])
+    with_logits = str(tmp_path / "with_logits.pth")
+    torch.save(state, with_logits)
+    few = fid_cli.evaluate(image_sets["noisy0_npz"], image_sets["clean_folder"], inception_weights=with_logits,
+                           batch_size=5, with_inception_score=True, cache_dir=statistics_cache, progress=False)
+    assert few["is"] is None and "needs at least 10 samples" in few["missing"]["is"] and few["fid"] > 0
+    samples = tmp_path / "samples_10x299x299x3.npz"
+    np.savez(samples, arr_0=with_noise(synthetic_photos(10, IMAGE_SIZE, seed=5), 12.0, seed=6))
+    metrics = fid_cli.evaluate(str(samples), image_sets["clean_folder"], inception_weights=with_logits,
+                               batch_size=5, with_inception_score=True, cache_dir=statistics_cache, progress=False)
+    assert metrics["missing"] == {} and metrics["is"] >= 1.0 and metrics["is_std"] is not None
+    assert metrics["fid"] > 0 and metrics["sfid"] > 0
+
+
+def test_sfid_equals_an_independent_computation_on_mixed_6d(converted_weights, image_sets, statistics_cache):
+    from scipy import linalg
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                            feature_extractor_weights_path=converted_weights).eval()
+    captured = []
+    extractor.Mixed_6d.branch1x1.register_forward_hook(lambda module, inputs, output: captured.append(output.clone()))
+
+    def spatial(images):
+        captured.clear()
+        with torch.no_grad():
+            extractor(torch.from_numpy(images).permute(0, 3, 1, 2))
+        # ADM: mixed_6/conv (NHWC), first 7 channels, flattened.
+        return captured[0].permute(0, 2, 3, 1)[..., :7].reshape(len(images), -1).double().numpy()
+
+    samples, reference = spatial(image_sets["noisy1"]), spatial(image_sets["clean"])
+    assert samples.shape == (SET_SIZE, 7 * 17 * 17)
+    mu1, sigma1 = samples.mean(0), np.cov(samples, rowvar=False)
+    mu2, sigma2 = reference.mean(0), np.cov(reference, rowvar=False)
+    with warnings.catch_warnings():  # 8 samples in 2023 dimensions: singular by construction, still accurate here
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(sigma1 @ sigma2).real
+    by_sqrtm = float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(root))
+    metrics = fid_cli.evaluate(image_sets["noisy1_npz"], image_sets["clean_folder"], inception_weights=converted_weights,
+                               batch_size=5, cache_dir=statistics_cache, progress=False)
+    assert metrics["sfid"] == pytest.approx(fid_by_nuclear_norm(samples, reference), rel=1e-3)
+    assert metrics["sfid"] == pytest.approx(by_sqrtm, rel=1e-3)
+    assert metrics["missing"] == {}
+
+
+def test_old_reference_statistics_give_fid_and_record_sfid_missing(converted_weights, image_sets, tmp_path):
+    stats = ref_stats.load_feature_statistics
+    full = tmp_path / "full.npz"
+    argv = [image_sets["clean_folder"], str(full), "--inception_weights", converted_weights, "--cache_dir", ""]
+    assert ref_stats.main(argv + ["--batch_size", "5"]) == 0
+    written = stats(str(full))
+    assert written[SPATIAL_FEATURES][0].shape == (2023,) and written[SPATIAL_FEATURES][1].shape == (2023, 2023)
+    old = tmp_path / "old.npz"
+    ref_stats.save_statistics(str(old), *written[POOL_FEATURES], SET_SIZE)
+    from_full = fid_cli.evaluate(image_sets["noisy0_npz"], str(full), inception_weights=converted_weights,
+                                 batch_size=5, progress=False)
+    from_old = fid_cli.evaluate(image_sets["noisy0_npz"], str(old), inception_weights=converted_weights,
+                                batch_size=5, progress=False)
+    assert from_old["fid"] == pytest.approx(from_full["fid"], rel=1e-9) and from_full["sfid"] > 0
+    assert from_old["sfid"] is None and "holds no spatial statistics" in from_old["missing"]["sfid"]
 
 
 def test_bad_inception_weights_are_rejected(tmp_path):

@@ -65,10 +65,13 @@ def test_tables_from_fixture_registry_match_golden_markdown(tmp_path):
     )
     with open(tmp_path / "t" / "table2.csv") as f:
         rows = [line.split(",") for line in f.read().splitlines()]
-    header, cifar_is = rows[0], rows[2]
+    header, cifar_sfid, cifar_is = rows[0], rows[2], rows[3]
     column = header.index("Ours (debias)")
     assert cifar_is[:3] == ["CIFAR-10", "1000", "IS"]
     assert cifar_is[column : column + 3] == ["8.2000", "8.13", "0.0700"]
+    # sFID sits beside FID; an IS the evaluation could not compute shows its reason, not an empty cell.
+    assert cifar_sfid[:4] == ["CIFAR-10", "1000", "sFID", "4.5000"]
+    assert cifar_is[header.index("Constant")].startswith("n/a: IS not computed: no logits layer")
     with open(tmp_path / "t" / "table1.tex") as f:
         assert r"FFHQ & 1000 & 10.50 (10.864, -0.36)" in f.read()
 
