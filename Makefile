@@ -7,7 +7,7 @@ TOOLS := .venv-tools
 LATEST := .venv-latest
 FAST_TESTS := -m "not slow and not mpi and not cuda"
 
-.PHONY: install test test-fast test-cuda demo study lock check-latest clean
+.PHONY: install install-cuda gpu-check test test-fast test-cuda demo study lock check-latest clean
 
 # Exact versions with hashes (requirements.lock), so that a clone installs the same packages next month.
 $(STAMP): requirements.lock pyproject.toml
@@ -19,6 +19,20 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
+# A GPU machine whose driver predates the lock's CUDA 13 build: the locked torch built for CUDA
+# $(TORCH_CUDA) from PyTorch's index, then everything else from the lock, hashes checked.
+TORCH_CUDA ?= cu126
+TORCH_PINS := $(shell grep -E '^torch(vision)?==' requirements-lock.in)
+install-cuda: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PINS) --index-url https://download.pytorch.org/whl/$(TORCH_CUDA)
+	awk '/^[a-z]/ { skip = ($$1 ~ /^(torch|torchvision|triton|nvidia-[a-z0-9-]*|cuda-[a-z-]*)==/) } !skip' \
+		requirements.lock > $(VENV)/requirements-without-torch.lock
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r $(VENV)/requirements-without-torch.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not cuda"
 
@@ -29,6 +43,12 @@ test-fast: $(STAMP)
 test-cuda: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m cuda
 
+# On a lent GPU: every GPU measurement in one command of at most 9 minutes, results in $(OUT) (see
+# scripts/benchmarks/gpu_check.py); `python -m scripts.benchmarks.gpu_check --tiny` is its CPU dry run.
+OUT ?= gpu_check_results
+gpu-check:
+	OMP_NUM_THREADS=8 $(PYTHON) -m scripts.benchmarks.gpu_check --out $(OUT)
+
 # The whole pipeline at CPU size: embedded dataset, four weightings, DDIM 5/10/25, FID, figures, report.
 demo: $(STAMP)
 	$(PY) scripts/reproduce.py configs/plans/demo.toml --jobs 2
@@ -38,7 +58,7 @@ demo: $(STAMP)
 # run it again after any interruption and it carries on where it stopped).
 study: $(STAMP)
 	$(PY) scripts/reproduce.py configs/plans/study.toml --jobs 2
-	@echo "report: reports/study/README.md"
+	@echo "report: docs/study/README.md"
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -65,4 +85,4 @@ check-latest: $(TOOLS)/bin/uv
 	rm -rf $(LATEST)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) $(LATEST) build *.egg-info work/demo reports/demo work/study reports/study
+	rm -rf $(VENV) $(TOOLS) $(LATEST) build *.egg-info work/demo reports/demo work/study

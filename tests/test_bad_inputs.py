@@ -281,7 +281,8 @@ def test_files_honour_the_umask(tmp_path, writer, umask, mode):
 
 
 def test_a_failed_evaluation_records_nothing(materials, tmp_path, monkeypatch, capsys):
-    canned = {"fid": 1.5, "fid_std": None, "num_samples": 4, "is": None, "is_std": None, "kid": None, "kid_std": None,
+    canned = {"fid": 1.5, "fid_std": None, "sfid": None, "missing": {}, "num_samples": 4, "is": None, "is_std": None,
+              "kid": None, "kid_std": None,
               "precision": None, "recall": None, "inception_weights": "w.pth"}
     monkeypatch.setattr(fid_cli, "evaluate", lambda *args, **kwargs: canned)
 

@@ -70,3 +70,19 @@ def test_the_lock_covers_the_pythons_the_project_claims():
     header = (REPO / "Makefile").read_text()
     assert f"--python-version {lowest[0]}.{lowest[1]}" in header
     assert sys.version_info[:2] >= lowest
+
+
+def test_install_cuda_keeps_every_locked_package_but_torch_and_its_cuda_libraries(tmp_path):
+    import subprocess
+
+    dry_run = subprocess.run(["make", "--no-print-directory", "-n", "install-cuda", f"VENV={tmp_path}"],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+    awk = next(line for line in dry_run.replace("\\\n", " ").splitlines() if line.lstrip().startswith("awk"))
+    subprocess.run(["bash", "-c", awk], cwd=REPO, check=True)
+    kept = locked_pins(tmp_path / "requirements-without-torch.lock")
+    everything = locked_pins(REPO / "requirements.lock")
+    dropped = set(everything) - set(kept)
+    assert {"torch", "torchvision", "triton", "nvidia-cublas", "cuda-toolkit"} <= dropped
+    assert all(name.startswith(("torch", "nvidia-", "cuda-", "triton")) for name in dropped)
+    assert "torch-fidelity" in kept and "numpy" in kept
+    assert all(hashes >= 1 for entries in kept.values() for _, _, hashes in entries)
