@@ -3,6 +3,8 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
+# The installer is pinned too: a newer pip may resolve, build or check hashes differently.
+PIP_VERSION := 26.3
 TOOLS := .venv-tools
 LATEST := .venv-latest
 FAST_TESTS := -m "not slow and not mpi and not cuda"
@@ -12,7 +14,7 @@ FAST_TESTS := -m "not slow and not mpi and not cuda"
 # Exact versions with hashes (requirements.lock), so that a clone installs the same packages next month.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -25,7 +27,7 @@ TORCH_CUDA ?= cu126
 TORCH_PINS := $(shell grep -E '^torch(vision)?==' requirements-lock.in)
 install-cuda: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
 	$(PY) -m pip install --quiet $(TORCH_PINS) --index-url https://download.pytorch.org/whl/$(TORCH_CUDA)
 	awk '/^[a-z]/ { skip = ($$1 ~ /^(torch|torchvision|triton|nvidia-[a-z0-9-]*|cuda-[a-z-]*)==/) } !skip' \
 		requirements.lock > $(VENV)/requirements-without-torch.lock
