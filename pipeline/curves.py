@@ -13,8 +13,12 @@ from evaluations.registry import latest
 from .readings import BASELINE, RESOLVED_SIGMAS
 
 
-def curve_cells(records, dataset):
-    """{(sampler, steps): {run name: {iterations: newest record with an FID}}} for the dataset."""
+def curve_cells(records, dataset, last=None):
+    """{(sampler, steps): {run name: {iterations: newest record with an FID}}} for the dataset.
+
+    A setting is a curve when it is evaluated at more than one checkpoint, or at one before the
+    plan's `last` (a study still under way).
+    """
     from .plan import Run
 
     curves = {}
@@ -24,8 +28,24 @@ def curve_cells(records, dataset):
         if iterations is None:
             continue
         curves.setdefault((sampler, steps), {}).setdefault(Run(weighting, pred).name, {})[int(iterations)] = record
-    # A curve is a setting evaluated at more than one checkpoint.
-    return {setting: runs for setting, runs in curves.items() if max(len(points) for points in runs.values()) > 1}
+    return {
+        setting: runs for setting, runs in curves.items()
+        if max(len(points) for points in runs.values()) > 1
+        or (last is not None and min(min(points) for points in runs.values()) < last)
+    }
+
+
+def progress_line(curves, runs, last):
+    """A sentence saying how far a plan's checkpoints are evaluated, or '' when the last one is."""
+    complete = [
+        it for it in sorted({it for by_run in curves.values() for points in by_run.values() for it in points})
+        if all(it in by_run.get(run, {}) for by_run in curves.values() for run in runs)
+    ]
+    if complete and complete[-1] >= last:
+        return ""
+    reached = f"every weighting and sampler up to {complete[-1]:,} iterations" if complete else "no checkpoint yet"
+    return (f"**In progress.** Results cover {reached}; the plan goes to {last:,}. Running it again continues "
+            "where it stopped, and this report is rewritten from what exists.")
 
 
 def _difference(cell, base, metric):

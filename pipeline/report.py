@@ -157,7 +157,7 @@ def write_report(plan_path, root, out_dir):
     records = read_results(plan.under_root("results", "results.jsonl"), missing_ok=True)
     last = max(ds.iterations)
     fid = readings.fid_cells(records, ds.name, iterations=last)
-    trained = curves.curve_cells(records, ds.name)
+    trained = curves.curve_cells(records, ds.name, last)
     stale = stale_figures(plan)
     mse_rows = [] if "mse_step" in stale else _read_csv(plan.under_root("figures", "mse_step.csv"))
     mse_means = readings.band_means(mse_rows, "mse") if mse_rows else {}
@@ -170,6 +170,9 @@ def write_report(plan_path, root, out_dir):
 
     parts = [f"# Report: plan `{plan.name}`", "", f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M} from `{plan_path}`.", ""]
     parts += [plan.report.get("intro", "").strip(), ""]
+    progress = curves.progress_line(trained, runs, last) if trained else ""
+    if progress:
+        parts += [progress, ""]
     lines = [line for (sampler, steps), by_run in sorted(trained.items()) for line in curves.curve_lines(sampler, steps, by_run, runs)]
     lines += readings.headline(runs, colour, mse_means, x0_means, fid, reference.spread if reference else 0.0)
     if lines:

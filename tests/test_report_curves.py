@@ -93,3 +93,17 @@ def test_a_figure_older_than_its_checkpoints_is_marked_and_not_read(tmp_path):
     assert "Image error of the one-step estimate" not in text and "Image error at noisy steps" not in text
     # The colour figure is computed from samples, not from that checkpoint, so it is still read.
     assert "Not read: `color_shift`" not in text and "## Colour shift" in text
+
+
+def test_a_study_under_way_says_how_far_it_got(tmp_path):
+    root = tmp_path / "work"
+    os.makedirs(root / "results")
+    with open(root / "results" / "results.jsonl", "w") as f:
+        for line in records():
+            if line["iterations"] <= 2000 and not (line["iterations"] == 2000 and line["weight_schedule"] == "debias"):
+                f.write(json.dumps(line) + "\n")
+    text = open(write_report(STUDY_PLAN, str(root), str(tmp_path / "report"))).read()
+    assert "**In progress.** Results cover every weighting and sampler up to 1,000 iterations; the plan goes to 8,000." in text
+    assert "| 2,000 | FID | 143.0 ± 3.0 | **135.0 ± 3.0** | 144.0 ± 3.0 | — |" in text
+    assert "In progress" not in open(write_report(STUDY_PLAN, str(study_root(tmp_path / "done")),
+                                                  str(tmp_path / "report2"))).read()
