@@ -17,6 +17,11 @@ evaluation: the others are recorded, and the record's `missing` maps the
 metric to the reason (`{"is": "no logits layer in the Inception weights ..."}`
 with the offline weights; `{"sfid": ...}` against reference statistics written
 before sFID was recorded). sFID is ADM's spatial FID (evaluations.inception).
+
+Samples whose resolution differs from the reference's are refused (Inception
+resizes both to 299, so such an FID measures the resizing), unless
+`--allow_resolution_mismatch`; reference statistics that do not record their
+resolution (older files, ADM's) are accepted with a warning.
 """
 
 import argparse
@@ -36,7 +41,13 @@ from .feature_metrics import inception_score, kernel_inception_distance, kid_sub
 from .features import DEFAULT_BATCH_SIZE, extract_features, feature_statistics
 from .frechet import bootstrap_frechet_distance, frechet_distance, gaussian_statistics
 from .inception import LOGITS, POOL_FEATURES, SPATIAL_FEATURES, WEIGHTS_ENV, InceptionFeatures
-from .ref_stats import default_statistics_cache_dir, holds_statistics, load_features, reference_feature_statistics
+from .ref_stats import (
+    default_statistics_cache_dir,
+    holds_statistics,
+    load_features,
+    reference_feature_statistics,
+    statistics_image_size,
+)
 from .registry import ADM_DEFAULTS, DEFAULT_RESULTS, append_result
 from .run_metadata import fields_from_run_files
 from .sources import open_image_source
@@ -60,6 +71,7 @@ def evaluate(
     bootstrap=0,
     cache_dir=None,
     progress=True,
+    allow_resolution_mismatch=False,
 ):
     """Metrics of `samples` against `ref`: dict with fid, sfid, num_samples, is/kid/precision/recall/fid_std
     (None if not asked) and `missing`, {metric: why it could not be computed}.
@@ -79,6 +91,7 @@ def evaluate(
             "or statistics written by `evaluations.ref_stats --features`"
         )
     source = open_image_source(samples)
+    unchecked_resolution = check_resolution(source, samples, ref, allow_resolution_mismatch)
     built = []
 
     def network():
@@ -134,7 +147,39 @@ def evaluate(
         log.warning("sFID not computed: %s", metrics["missing"]["sfid"])
     metrics["num_samples"] = count
     metrics["inception_weights"] = inception.weights_path
+    if unchecked_resolution:
+        # Last, so that a failure after it still ends in its one line.
+        log.warning(unchecked_resolution)
     return metrics
+
+
+def _size_text(size):
+    return f"{size[0]}x{size[1]}"
+
+
+def check_resolution(source, samples, ref, allowed):
+    """Refuse samples of another resolution than the reference; returns the warning for a reference that does
+    not record its resolution (None otherwise)."""
+    sample_size = tuple(source.image_shape[:2])
+    if holds_statistics(ref):
+        ref_size = statistics_image_size(ref)
+        if ref_size is None:
+            return (f"reference {ref!r} does not record the resolution of its images (written before ref_stats "
+                    f"recorded it, or ADM's): the samples' {_size_text(sample_size)} was not checked against it")
+        what = f"holds statistics of {_size_text(ref_size)} images"
+    else:
+        try:
+            ref_size = tuple(open_image_source(ref).image_shape[:2])
+        except EvaluationError:
+            return None  # not images either: the reference's own loading says why, in its one line
+        what = f"holds {_size_text(ref_size)} images"
+    if ref_size != sample_size and not allowed:
+        raise EvaluationError(
+            f"--samples {samples!r} are {_size_text(sample_size)} images but --ref {ref!r} {what}: Inception resizes "
+            "both to 299, so that FID measures the resizing; sample at the reference's resolution, or pass "
+            "--allow_resolution_mismatch"
+        )
+    return None
 
 
 def run_fields(samples, given):
@@ -208,6 +253,10 @@ def build_parser():
         help="also the FID's standard deviation over B resamples of the samples (0: off)",
     )
     parser.add_argument("--cache_dir", default=default_statistics_cache_dir(), help="reference statistics cache")
+    parser.add_argument(
+        "--allow_resolution_mismatch", action="store_true",
+        help="evaluate samples whose resolution differs from the reference's (refused by default)",
+    )
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="results registry ('' records nothing)")
     parser.add_argument("--metrics_out", default=None, help="also write this run's record as a JSON file")
     registry = parser.add_argument_group("registry fields (default: from the sampling JSON beside the samples)")
@@ -243,6 +292,7 @@ def evaluate_and_record(args):
         with_precision_recall=args.prc,
         bootstrap=args.bootstrap,
         cache_dir=args.cache_dir or None,
+        allow_resolution_mismatch=args.allow_resolution_mismatch,
     )
     print(format_metrics(metrics))
     fields = run_fields(args.samples, {key: getattr(args, key) for key in RUN_FIELDS})

@@ -5,6 +5,10 @@ features, for FID) and `mu_s` and `sigma_s` (ADM's spatial features, for
 sFID), so ADM's published `VIRTUAL_*.npz` reference batches and our files are
 interchangeable as `--ref`. Files written before sFID was recorded hold no
 `mu_s`/`sigma_s`: they still give the FID, and the sFID is recorded missing.
+Ours also record `image_size` (height, width of the images) and
+`feature_extractor` (the Inception weights' file name and size), so that
+evaluations.fid can refuse samples of another resolution; files without them
+(older ones, ADM's) are accepted with a warning.
 
 Computing them over a folder takes a while, so results are cached under the
 cache directory, keyed by the input's file names, sizes and modification times
@@ -39,15 +43,17 @@ SPATIAL_STATISTICS_KEYS = ("mu_s", "sigma_s")
 # Which npz keys hold the statistics of which features.
 KEYS_OF_FEATURES = {POOL_FEATURES: STATISTICS_KEYS, SPATIAL_FEATURES: SPATIAL_STATISTICS_KEYS}
 FEATURES_KEY = "features"
+IMAGE_SIZE_KEY = "image_size"
+EXTRACTOR_KEY = "feature_extractor"
 
 
 def default_statistics_cache_dir():
     return os.path.join(default_cache_dir(), "ref_stats")
 
 
-def save_statistics(path, mu, sigma, num_images, features=None, spatial=None):
+def save_statistics(path, mu, sigma, num_images, features=None, spatial=None, image_size=None, extractor=None):
     """mu, sigma (float64), the spatial (mu_s, sigma_s) when given, and the pool features (float32, N x D) that
-    KID and bootstraps need when given."""
+    KID and bootstraps need when given; `image_size` (height, width) and `extractor` identify what they measure."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     arrays = dict(mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), num_images=num_images)
@@ -55,6 +61,10 @@ def save_statistics(path, mu, sigma, num_images, features=None, spatial=None):
         arrays.update(mu_s=np.asarray(spatial[0], np.float64), sigma_s=np.asarray(spatial[1], np.float64))
     if features is not None:
         arrays[FEATURES_KEY] = np.asarray(features, np.float32)
+    if image_size is not None:
+        arrays[IMAGE_SIZE_KEY] = np.asarray(tuple(image_size)[:2], np.int64)
+    if extractor is not None:
+        arrays[EXTRACTOR_KEY] = np.array(str(extractor))
     with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
 
@@ -119,6 +129,22 @@ def _checked_statistics(path, contents, mu_key, sigma_key):
     return mu, sigma
 
 
+def statistics_image_size(path):
+    """(height, width) of the images a statistics npz was computed over, or None when it does not record it."""
+    if IMAGE_SIZE_KEY not in npz_keys(path):
+        return None
+    with np.load(path) as contents:
+        size = np.asarray(contents[IMAGE_SIZE_KEY]).reshape(-1)
+    if size.shape != (2,):
+        raise EvaluationError(f"reference {path!r}: '{IMAGE_SIZE_KEY}' must be (height, width), got {size.tolist()}")
+    return int(size[0]), int(size[1])
+
+
+def extractor_identity(inception):
+    weights = inception.weights_path
+    return f"{os.path.basename(weights)} ({os.path.getsize(weights)} bytes)"
+
+
 def load_features(path):
     """The reference pool features saved with `--features`, or None when the npz holds statistics only."""
     if not (os.path.isfile(path) and path.endswith(".npz")) or FEATURES_KEY not in npz_keys(path):
@@ -160,7 +186,8 @@ def image_feature_statistics(
             log.info("cached statistics %s predate the sFID features: recomputing them", cached)
     statistics, count = feature_statistics(source, inception, batch_size, progress, desc=f"statistics {path}")
     if cached:
-        save_statistics(cached, *statistics[POOL_FEATURES], count, spatial=statistics.get(SPATIAL_FEATURES))
+        save_statistics(cached, *statistics[POOL_FEATURES], count, spatial=statistics.get(SPATIAL_FEATURES),
+                        image_size=source.image_shape, extractor=extractor_identity(inception))
     return statistics
 
 
@@ -223,7 +250,8 @@ def main(argv=None):
             )
         mu, sigma = statistics[POOL_FEATURES]
         spatial = statistics[SPATIAL_FEATURES]
-        save_statistics(args.out, mu, sigma, source.num_images, features, spatial=spatial)
+        save_statistics(args.out, mu, sigma, source.num_images, features, spatial=spatial,
+                        image_size=source.image_shape, extractor=extractor_identity(inception))
         print(
             f"wrote {args.out}: mu {mu.shape}, sigma {sigma.shape}, spatial mu_s {spatial[0].shape} "
             f"over {source.num_images} images"

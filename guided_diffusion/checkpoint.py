@@ -13,7 +13,9 @@ Every file is written atomically, and the manifest only after the others, so a s
 complete exactly when its manifest exists and names files that all exist. Resuming
 checks the files against the sizes and hashes their manifest records (without
 loading them): `--resume_checkpoint auto` passes over a set that fails, saying
-which and why, and a named set that fails is refused.
+which and why, and a named set that fails is refused. A manifest whose `health` says
+the run had diverged by then, or whose next set says that every update after it was skipped
+(`diverged_sets`), is passed over by `auto` as well.
 `load_model_checkpoint(model, path_or_state_dict)` loads ours or any ADM state dict
 strictly, failing with one line that lists the missing, unexpected and mis-shaped keys.
 """
@@ -79,6 +81,66 @@ def manifest_beside(path):
     if not bf.exists(manifest_path):
         return None
     return _read_manifest(manifest_path)
+
+
+def marked_diverged(record):
+    """Why the manifest `record` says its run had diverged, or None (also for manifests without a health record)."""
+    health = (record or {}).get("health")
+    if not isinstance(health, dict) or health.get("healthy") is not False:
+        return None
+    return str(health.get("reason") or "marked diverged")
+
+
+def diverged_sets(records):
+    """{step: why} of the sets, from {step: manifest}, that are marked diverged or that a later set shows to be:
+    when every update after a set was skipped, its own parameters already gave non-finite losses."""
+    diverged = {}
+    for step, record in sorted(records.items()):
+        why = marked_diverged(record)
+        if not why:
+            continue
+        diverged[step] = why
+        health = record["health"]
+        since = health.get("steps_since_last_save")
+        if isinstance(since, int) and since > 0 and health.get("skipped_updates") == since:
+            earlier = step - since
+            if earlier in records and earlier not in diverged:
+                diverged[earlier] = f"every update after it was skipped ({manifest_filename(step)})"
+    return diverged
+
+
+def read_manifests(log_dir):
+    """{step: manifest} of the readable manifests in `log_dir` (others are left out)."""
+    records = {}
+    if not log_dir or not bf.isdir(log_dir):
+        return records
+    for name in bf.listdir(log_dir):
+        match = _MANIFEST_RE.match(name)
+        if match:
+            with contextlib.suppress(CheckpointError, OSError):
+                records[int(match.group(1))] = _read_manifest(bf.join(log_dir, name))
+    return records
+
+
+def healthy_steps(records, steps=None):
+    """The steps among `steps` (default: all of `records`) to go back to after a divergence, oldest first: those
+    `diverged_sets` leaves, and among them, when there are any, the ones whose last update before the save was
+    taken (a set saved right after a skipped update holds parameters that just gave a non-finite loss)."""
+    diverged = diverged_sets(records)
+    candidates = sorted(step for step in (records if steps is None else steps) if step not in diverged)
+
+    def last_update_taken(step):
+        health = records.get(step, {}).get("health")
+        return not isinstance(health, dict) or not health.get("consecutive_skipped")
+
+    return [step for step in candidates if last_update_taken(step)] or candidates
+
+
+def newest_healthy_step(log_dir, before=None):
+    """The newest step of `healthy_steps` in `log_dir` before `before`, or None."""
+    records = read_manifests(log_dir)
+    steps = healthy_steps(records, [step for step in records if before is None or step < before])
+    return steps[-1] if steps else None
 
 
 def parse_resume_step_from_filename(path):
@@ -193,27 +255,30 @@ def save_checkpoint(log_dir, step, *, model_state, ema_states, opt_state, manife
     states.update({files["ema"][str(float(rate))]: state for rate, state in ema_states.items()})
     states[files["opt"]] = opt_state
     check_free_space(log_dir, sum(tensor_bytes(s) for s in states.values()), f"the checkpoint at step {step}")
-    written = {}
+    written, complete = {}, False
+    path = bf.join(log_dir, manifest_filename(step))
+    # Everything up to the manifest's rename is undone on any exit (a full disk, Ctrl-C): no set without a manifest.
     try:
         for name, state in states.items():
             written[name] = atomic_torch_save(state, bf.join(log_dir, name))
+        record = dict(manifest)
+        record.update(
+            format=MANIFEST_FORMAT,
+            step=step,
+            package_version=__version__,
+            saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            files=files,
+            sha256={name: digest for name, (digest, _) in written.items()},
+            bytes={name: size for name, (_, size) in written.items()},
+        )
+        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        complete = True
     except BaseException:
-        for name in written:
-            with contextlib.suppress(FileNotFoundError):
-                bf.remove(bf.join(log_dir, name))
+        if not complete:
+            for name in written:
+                with contextlib.suppress(FileNotFoundError):
+                    bf.remove(bf.join(log_dir, name))
         raise
-    record = dict(manifest)
-    record.update(
-        format=MANIFEST_FORMAT,
-        step=step,
-        package_version=__version__,
-        saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        files=files,
-        sha256={name: digest for name, (digest, _) in written.items()},
-        bytes={name: size for name, (_, size) in written.items()},
-    )
-    path = bf.join(log_dir, manifest_filename(step))
-    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return path
 
 
@@ -302,6 +367,7 @@ def find_latest_checkpoint(log_dir):
         (int(m.group(1)), name) for name in bf.listdir(log_dir) if (m := _MANIFEST_RE.match(name))
     )
     skipped = []
+    diverged = diverged_sets(read_manifests(log_dir))
     for step, name in reversed(steps):
         path = bf.join(log_dir, name)
         try:
@@ -311,6 +377,9 @@ def find_latest_checkpoint(log_dir):
             continue
         except (KeyError, TypeError, ValueError, AttributeError):
             skipped.append(f"step {step} ({name} lacks the step or file names)")
+            continue
+        if step in diverged:
+            skipped.append(f"step {step} (diverged: {diverged[step]})")
             continue
         problem = verify_checkpoint_set(point)
         if problem:

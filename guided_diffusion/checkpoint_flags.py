@@ -83,3 +83,52 @@ def sampling_flags(flags, given):
         flags = flags_with_manifest(flags, given, manifest, source)
     weighting.check_given_parameters(flags["weight_schedule"], given)
     return flags
+
+
+# Flags of training that a resume may change freely: memory/speed choices, and the weighting, which
+# `weighting_change` reports in its own line (the paper's study resumes across weightings on purpose).
+RESUME_MAY_CHANGE = ("use_checkpoint", "dropout", "use_fp16", "weight_schedule", "weight_space")
+
+
+def objective_flags():
+    """The model and diffusion flags that define the network or the objective: a resume must keep them."""
+    free = set(RESUME_MAY_CHANGE) | set(weighting.parameter_defaults())
+    return sorted(key for key in model_and_diffusion_defaults() if key not in free)
+
+
+def parse_allowed_changes(value):
+    """The flag names of --allow_changed_flags (comma list, dashes optional), each one a resume compares."""
+    names = [name.strip().lstrip("-") for name in str(value or "").split(",") if name.strip()]
+    known = objective_flags()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(
+            f"--allow_changed_flags {value}: {', '.join(unknown)} is not a flag that a resume compares; "
+            f"expected a comma list of: {', '.join(known)}"
+        )
+    return set(names)
+
+
+def resume_flag_changes(recorded_flags, flags, allowed, source):
+    """The [{flag, from, to}] by which `flags` differ from a checkpoint's `recorded_flags` in the network or objective.
+
+    A change not named in `allowed` raises ValueError: a resume that silently trains another objective or
+    network (or fails on mis-shaped weights) would mix two experiments in one run. `source` names the manifest.
+    """
+    recorded_flags = recorded_flags or {}
+    changes = [
+        dict(flag=key, **{"from": recorded_flags[key], "to": flags[key]})
+        for key in objective_flags()
+        if key in recorded_flags and key in flags and not _same(flags[key], recorded_flags[key])
+        # The class count of an unconditional model is never read.
+        and not (key == "num_classes" and not flags.get("class_cond") and not recorded_flags.get("class_cond"))
+    ]
+    refused = [change for change in changes if change["flag"] not in allowed]
+    if refused:
+        listed = "; ".join(f"--{c['flag']} {c['to']} (checkpoint: {c['from']})" for c in refused)
+        names = ",".join(c["flag"] for c in refused)
+        raise ValueError(
+            f"resume changes the network or objective: {listed}, against the manifest {source}; give the "
+            f"checkpoint's value, or pass --allow_changed_flags {names} to fine-tune with the change"
+        )
+    return changes

@@ -70,6 +70,10 @@ TRAINING_HELP = dict(
     random_flip="random horizontal flips",
     keep_checkpoints="keep only the newest K complete checkpoint sets (0: keep all, as ADM)",
     keep_every="with --keep_checkpoints, also keep every set whose step is a multiple of this (0: none)",
+    allow_changed_flags=(
+        "comma list of network or objective flags (diffusion_steps, noise_schedule, ...) that a resume may change "
+        "from its checkpoint's, e.g. to fine-tune; the change is recorded in the new manifests (default: none, refused)"
+    ),
     device="cuda or cpu; empty picks cuda when available (a rank without the GPU it needs stops the job)",
 )
 

@@ -50,8 +50,10 @@ def run_main(body, prog, user_errors=(), exit_code=1):
     prefix = f"{prog}: error: " if prog else "error: "
     try:
         status = body()
-    except KeyboardInterrupt:
-        print(f"{prefix}interrupted", file=sys.stderr, flush=True)
+    except KeyboardInterrupt as interrupt:
+        # An interrupt raised again with a message (e.g. by a checkpoint save) says what it cut short.
+        detail = _one_line(interrupt)
+        print(f"{prefix}interrupted" + (f" {detail}" if detail else ""), file=sys.stderr, flush=True)
         _end(130)
         return 130
     except Exception as error:

@@ -2,7 +2,8 @@
 
     <out_dir>/run.json                           the flags that define the images (written on first use)
     <out_dir>/batches/batch_{first}_{last}.npz   one file per finished batch: arr_0 (uint8 NHWC),
-                                                 indices, and labels for class-conditional models
+                                                 indices, labels for class-conditional models, and
+                                                 identity (run.json's image_flags, as JSON)
     <out_dir>/png/{index:06d}.png                with --png
     <out_dir>/samples_{N}x{H}x{W}x3.npz          ADM's format: arr_0 (uint8 NHWC), arr_1 (labels, if any)
 
@@ -10,6 +11,12 @@ Every file is written atomically. Batches are cut on the grid [k B, (k + 1) B)
 and around what is already on disk, so any interrupted run can be completed
 by sampling only the missing indices; the temp files of writes it was killed
 in (a merge temp of 50K 256x256 images is 9.8 GB) are removed then.
+
+A batch file names what made it, so that one copied in from another out_dir is
+refused instead of merged (`check_batch_identities`), as is an out_dir with batch
+files but no run.json. Out_dirs from before batches carried an identity have a
+run.json without `stamped_batches`: their unstamped batches are accepted, as
+run.json was then the only record and still matches; stamped ones must match it.
 """
 
 import contextlib
@@ -90,11 +97,18 @@ def scan_batch_files(batch_dir):
     return found
 
 
-def write_batch_file(batch_dir, first, images, labels=None):
+def identity_text(identity):
+    return json.dumps(identity, sort_keys=True)
+
+
+def write_batch_file(batch_dir, first, images, labels=None, identity=None):
+    """Write one batch atomically; `identity` (the run's image-defining flags) is stored with it when given."""
     last = first + len(images) - 1
     arrays = dict(arr_0=images, indices=np.arange(first, last + 1, dtype=np.int64))
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    if identity is not None:
+        arrays["identity"] = np.array(identity_text(identity))
     path = os.path.join(batch_dir, batch_file_name(first, last))
     with atomic_open(path, "wb", size_hint=images.nbytes) as f:
         np.savez(f, **arrays)
@@ -177,13 +191,67 @@ def merge_batches(batch_dir, num_samples, out_path):
     return shape
 
 
+def read_batch_identity(path):
+    """The image-defining flags a batch file was stamped with, or None for one written before stamping."""
+    try:
+        with np.load(path) as data:
+            if "identity" not in data.files:
+                return None
+            return json.loads(str(data["identity"]))
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable batch file ({e})") from None
+
+
+def _differences(one, other):
+    keys = sorted(k for k in set(one) | set(other) if one.get(k) != other.get(k))
+    return ", ".join(f"{k} {one.get(k)!r} vs {other.get(k)!r}" for k in keys)
+
+
+def check_batch_identities(out_dir, identity):
+    """Refuse batch files in `out_dir` that another run made; returns how many unstamped (older) ones were accepted.
+
+    Call after `claim_out_dir`, which has checked `identity` against run.json.
+    """
+    identity = json.loads(identity_text(identity))  # as a batch file gives it back (tuples become lists)
+    with open(os.path.join(out_dir, RUN_FILE)) as f:
+        stamped = bool(json.load(f).get("stamped_batches"))
+    unstamped = 0
+    for _, _, path in scan_batch_files(os.path.join(out_dir, BATCH_DIR)):
+        name = os.path.join(BATCH_DIR, os.path.basename(path))
+        recorded = read_batch_identity(path)
+        if recorded is None and stamped:
+            raise RunMismatchError(
+                f"--out_dir {out_dir}: {name} carries no identity, but every batch of this run's {RUN_FILE} does: "
+                f"it was copied in from elsewhere; move it away (its indices are sampled again) or use a new --out_dir"
+            )
+        if recorded is None:
+            unstamped += 1
+        elif recorded != identity:
+            raise RunMismatchError(
+                f"--out_dir {out_dir}: {name} was made by another run than {RUN_FILE}'s ({_differences(recorded, identity)}, "
+                "batch vs run): copied in from another out_dir?; move it away (its indices are sampled again) or "
+                "merge it in its own --out_dir"
+            )
+    return unstamped
+
+
 def samples_file_name(shape):
     return "samples_" + "x".join(str(n) for n in shape) + ".npz"
 
 
 def claim_out_dir(out_dir, identity):
-    """Record `identity` in out_dir/run.json, or check it equals the one there."""
+    """Record `identity` in out_dir/run.json, or check it equals the one there.
+
+    Batch files without a run.json cannot be told apart from another run's, so they are refused.
+    """
     path = os.path.join(out_dir, RUN_FILE)
+    if not os.path.exists(path):
+        orphans = scan_batch_files(os.path.join(out_dir, BATCH_DIR))
+        if orphans:
+            raise RunMismatchError(
+                f"--out_dir {out_dir} holds {len(orphans)} batch file(s) in {BATCH_DIR}/ but no {RUN_FILE} saying "
+                f"what made them, so they cannot be merged with this run's; move {BATCH_DIR}/ away or use a new --out_dir"
+            )
     if os.path.exists(path):
         with open(path) as f:
             recorded = json.load(f)["image_flags"]
@@ -195,7 +263,7 @@ def claim_out_dir(out_dir, identity):
                 "use a new --out_dir or the same flags"
             )
         return
-    record = dict(image_flags=identity, created=datetime.datetime.now(datetime.timezone.utc).isoformat())
+    record = dict(image_flags=identity, stamped_batches=True, created=datetime.datetime.now(datetime.timezone.utc).isoformat())
     try:
         atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     except OSError as e:

@@ -49,8 +49,10 @@ from .sample_store import (
     BATCH_DIR,
     PNG_DIR,
     OutDirError,
+    RUN_FILE,
     RunMismatchError,
     batch_file_name,
+    check_batch_identities,
     check_no_larger_merge,
     claim_out_dir,
     iter_samples_in_order,
@@ -400,7 +402,12 @@ def _sample_to_dir(flags, progress, held):
 
     def claim_and_scan():
         sha256 = file_sha256(flags["model_path"])
-        claim_out_dir(out_dir, image_defining_flags(flags, sha256))
+        identity = image_defining_flags(flags, sha256)
+        claim_out_dir(out_dir, identity)
+        unstamped = check_batch_identities(out_dir, identity)
+        if unstamped:
+            print(f"--out_dir {out_dir}: {unstamped} batch file(s) predate batch identities; kept, as {RUN_FILE} "
+                  "matches this run", flush=True)
         return dict(sha256=sha256, done=[[first, last] for first, last, _ in scan_batch_files(batch_dir)])
 
     state = _main_then_share(claim_and_scan)
@@ -420,6 +427,7 @@ def _sample_to_dir(flags, progress, held):
     images_planned = sum(last - first + 1 for first, last in planned)
 
     shape_tail = (3, flags["image_size"], flags["image_size"])
+    identity = image_defining_flags(flags, state["sha256"])
     options = fast_paths.FastPathOptions.from_flags(flags, device.type)
     model_fn = fast_paths.sampling_forward(model, flags["precision"], device, options)
     noise_for = fast_paths.noise_source_factory(options, device, flags["noise_device"])
@@ -461,7 +469,7 @@ def _sample_to_dir(flags, progress, held):
         images = to_uint8_nhwc(batch)
         if flags["png"]:
             write_pngs(os.path.join(out_dir, PNG_DIR), images, indices)
-        write_batch_file(batch_dir, first, images, labels)
+        write_batch_file(batch_dir, first, images, labels, identity=identity)
         if dist_util.is_main():
             bar.refresh()
     _wait_for_all_ranks(bar)
@@ -496,6 +504,8 @@ def finish(flags, checkpoint_sha256, world_size, images_sampled, sample_seconds)
     npz_path = os.path.join(out_dir, samples_file_name(shape))
     merge_start = time.time()
     if not os.path.exists(npz_path):
+        # Other shards may have written batches since this run checked them.
+        check_batch_identities(out_dir, image_defining_flags(flags, checkpoint_sha256))
         merge_batches(batch_dir, num_samples, npz_path)
         remove_other_merges(out_dir, npz_path)
     merge_seconds = time.time() - merge_start

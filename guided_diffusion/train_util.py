@@ -8,12 +8,15 @@ over ranks by DistributedDataParallel, so every rank holds the same parameters.
 
 Steps count iterations, as in ADM: `modelS.pt` holds the weights after S iterations, and a
 step skipped for a non-finite loss or gradient still counts.
+
+A diverged run stops at its next save instead of saving (divergence.py).
 """
 
 import contextlib
 import random
 import time
 
+import blobfile as bf
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -24,12 +27,14 @@ from .checkpoint import (
     CheckpointError,
     check_resume_file_name,
     check_state_dict,
+    manifest_filename,
     remove_stale_temps_of_checkpoints,
     resolve_resume_checkpoint,
     save_checkpoint,
     state_dict_digest,
 )
-from .checkpoint_flags import weighting_change
+from .checkpoint_flags import parse_allowed_changes, resume_flag_changes, weighting_change
+from .divergence import DivergenceWatch
 from .fp16_util import MixedPrecisionTrainer, fp16_fallback_note, resolve_precision
 from .image_datasets import load_data, shard_digest
 from .nn import update_ema
@@ -72,6 +77,7 @@ def training_defaults():
         random_flip=True,
         keep_checkpoints=0,
         keep_every=0,
+        allow_changed_flags="",
         device="",
         **fast_paths.training_flag_defaults(),
     )
@@ -152,6 +158,7 @@ class TrainLoop:
         keep_every=0,
         stop_signals=None,
         fast_path_options=None,
+        allow_changed_flags="",
     ):
         if batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, got {batch_size}")
@@ -201,7 +208,9 @@ class TrainLoop:
             logger.log(f"--resume_checkpoint auto: no complete checkpoint in {self.log_dir}; starting at step 0")
         if resume is not None and resume.note:
             logger.warn(resume.note)
+        self.flag_changes = []
         if resume is not None:
+            self._check_resume_flags(resume, parse_allowed_changes(allow_changed_flags))
             self._load_model(resume)
         dist_util.sync_params(list(model.parameters()) + list(model.buffers()))
 
@@ -230,11 +239,26 @@ class TrainLoop:
             seed_all(stream_seed(seed, dist_util.get_rank(), self.step))
 
         self._consecutive_nonfinite = 0
+        self.divergence = DivergenceWatch(self.mp_trainer.precision)
         self._interval_steps = 0
         self._interval_skipped = 0
         self._interval_start = time.time()
 
     # -- resuming -----------------------------------------------------------------------
+
+    def _check_resume_flags(self, resume, allowed):
+        manifest = resume.manifest or {}
+        if not self.flags or not manifest.get("flags"):
+            return
+        source = bf.join(bf.dirname(resume.model_path), manifest_filename(resume.step))
+        changes = resume_flag_changes(manifest["flags"], self.flags, allowed, source)
+        for change in changes:
+            logger.warn(f"--allow_changed_flags: --{change['flag']} {change['to']} (checkpoint at step {resume.step}: "
+                        f"{change['from']}); recorded in the manifests of this run")
+        previous = manifest.get("flag_changes")
+        self.flag_changes = (list(previous) if isinstance(previous, list) else []) + [
+            dict(step=resume.step, **change) for change in changes
+        ]
 
     def _load_model(self, resume):
         state = dist_util.load_state_dict(resume.model_path, map_location="cpu")
@@ -316,6 +340,7 @@ class TrainLoop:
         self.step += 1
         self.samples += self.global_batch
         self._interval_steps += 1
+        self.divergence.step_done(took_step)
         if took_step:
             self._consecutive_nonfinite = 0
             for rate, params in self.ema_params.items():
@@ -336,7 +361,7 @@ class TrainLoop:
         if self._consecutive_nonfinite >= self.max_consecutive_nonfinite:
             raise TrainingError(
                 f"training stopped at step {self.step}: {self._consecutive_nonfinite} consecutive steps had a "
-                f"non-finite loss or gradient (diverged); lower --lr or resume from an earlier checkpoint"
+                f"non-finite loss or gradient (diverged); {self.divergence.last_healthy_text(self.log_dir, self.step)}"
             )
         return False
 
@@ -415,7 +440,14 @@ class TrainLoop:
     # -- checkpoints --------------------------------------------------------------------
 
     def save(self):
-        """Write the checkpoint set for this step (rank 0), after checking all ranks agree."""
+        """Write the checkpoint set for this step (rank 0), after checking all ranks agree.
+
+        A diverged run stops here instead (DivergenceWatch.stop_reason), before any file is written or pruned.
+        """
+        health = self.divergence.health(self.mp_trainer.master_params, self.step)
+        stop = self.divergence.stop_reason(health, self.step, self.log_dir)
+        if stop:
+            raise TrainingError(stop)
         model_state = self.mp_trainer.master_params_to_state_dict()
         digest = state_dict_digest(model_state)
         digests = dist_util.all_gather_object(digest)
@@ -435,15 +467,25 @@ class TrainLoop:
                 model_sha1=digest,
                 schedule_sampler=dict(name=type(self.schedule_sampler).__name__, state=sampler_state),
                 flags=self.flags,
+                health=health,
             )
-            path = save_checkpoint(
-                self.log_dir,
-                self.step,
-                model_state=model_state,
-                ema_states={r: self.mp_trainer.master_params_to_state_dict(p) for r, p in self.ema_params.items()},
-                opt_state=self.opt.state_dict(),
-                manifest=manifest,
-            )
+            if self.flag_changes:
+                manifest["flag_changes"] = self.flag_changes
+            try:
+                path = save_checkpoint(
+                    self.log_dir,
+                    self.step,
+                    model_state=model_state,
+                    ema_states={r: self.mp_trainer.master_params_to_state_dict(p) for r, p in self.ema_params.items()},
+                    opt_state=self.opt.state_dict(),
+                    manifest=manifest,
+                )
+            except KeyboardInterrupt:
+                newest = "none" if self._last_saved_step is None else f"step {self._last_saved_step}"
+                raise KeyboardInterrupt(
+                    f"while saving the checkpoint at step {self.step}: none of its files was left (the newest complete "
+                    f"set is {newest}); resume with --resume_checkpoint auto"
+                ) from None
             logger.log(f"saved checkpoint {path}; parameters identical on {self.world_size} rank(s): sha1 {digest}")
             deleted = prune_checkpoints(self.log_dir, self.keep_checkpoints, self.keep_every)
             if deleted:
@@ -451,6 +493,7 @@ class TrainLoop:
             logger.sync()
         dist_util.barrier()
         self._last_saved_step = self.step
+        self.divergence.saved()
 
 
 def train(flags, given=()):
@@ -470,6 +513,7 @@ def train(flags, given=()):
     # Refused before the log dir is locked or written: these need no model, data or checkpoint.
     check_model_and_diffusion_flags(flags)
     check_resume_file_name(flags["resume_checkpoint"])
+    parse_allowed_changes(flags["allow_changed_flags"])
     rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
     log_dir = dist_util.broadcast_object(flags["log_dir"] or logger.default_log_dir())
     with run_lock.hold(log_dir, "--log_dir", enabled=rank == 0, clean=remove_stale_temps_of_checkpoints) as lock:
@@ -489,6 +533,7 @@ _LOADER_FLAGS = ("data_dir", "batch_size", "image_size", "class_cond", "random_c
 _LOOP_FLAGS = (
     "batch_size", "microbatch", "lr", "ema_rate", "ema_warmup", "log_interval", "save_interval", "resume_checkpoint",
     "fp16_scale_growth", "weight_decay", "lr_anneal_steps", "max_steps", "seed", "keep_checkpoints", "keep_every",
+    "allow_changed_flags",
 )
 
 

@@ -5,7 +5,8 @@ in-process and asserts a non-zero exit, one stderr line naming the culprit,
 no traceback and no new output file. Run as a module, each case runs in its
 own process against a source tree (default: this one), and the census the
 reliability issue asks for is printed: tried, one-line answers, tracebacks,
-hangs, accepted, other:
+hangs, accepted, data lost, other. The evaluation and dataset cases, and the
+newer ones, are in tests/bad_inputs_more.py (`all_cases()` joins them):
 
     python -m tests.bad_inputs [--tree DIR] [--timeout 60]
 """
@@ -22,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -149,7 +149,7 @@ class BadInput:
     # build(materials, case_dir, hold) -> (argv, strings the error line must contain); `hold` keeps locks and mounts.
     build: Callable
     needs_no_gpu: bool = False
-    # Files (relative to the case folder) that are complete by design and may stay.
+    # Files (relative to the case folder, fnmatch patterns) that are complete by design and may stay.
     may_leave: tuple = ()
 
 
@@ -420,105 +420,6 @@ def train_config_gives_a_negative_p2_gamma(m, d, hold):
     return training_argv(m.data, d / "run", "--config", config), ["--p2_gamma -1", "p2_gamma >= 0"]
 
 
-def fid_argv(d, *extra, samples=None, ref=None):
-    return ["--samples", str(samples), "--ref", str(ref), "--results", str(d / "results.jsonl"), "--cache_dir", "",
-            *map(str, extra)]
-
-
-@case(FID)
-def fid_reference_statistics_hold_nan(m, d, hold):
-    stats = d / "nan_stats.npz"
-    sigma = np.eye(FEATURES)
-    sigma[1, 2] = np.nan
-    np.savez(stats, mu=np.zeros(FEATURES), sigma=sigma)
-    return fid_argv(d, samples=m.samples, ref=stats), [str(stats), "NaN"]
-
-
-@case(FID)
-def fid_metrics_out_on_a_read_only_filesystem(m, d, hold):
-    target = read_only_dir(hold, d / "ro") / "metrics.json"
-    return fid_argv(d, "--metrics_out", target, samples=m.samples, ref=m.stats), [f"--metrics_out {target}"]
-
-
-@case(FID)
-def fid_results_on_a_read_only_filesystem(m, d, hold):
-    target = read_only_dir(hold, d / "ro") / "results.jsonl"
-    argv = fid_argv(d, samples=m.samples, ref=m.stats)
-    argv[argv.index("--results") + 1] = str(target)
-    return argv, [f"--results {target}"]
-
-
-@case(FID)
-def fid_metrics_out_is_a_directory(m, d, hold):
-    return fid_argv(d, "--metrics_out", m.root, samples=m.samples, ref=m.stats), [f"--metrics_out {m.root}", "directory"]
-
-
-@case(FID, needs_no_gpu=True)
-def fid_device_cuda_without_a_gpu(m, d, hold):
-    return fid_argv(d, "--device", "cuda", samples=m.samples, ref=m.stats), ["--device cuda", "no CUDA GPU"]
-
-
-@case(FID)
-def fid_device_is_not_a_device(m, d, hold):
-    return fid_argv(d, "--device", "gpu0", samples=m.samples, ref=m.stats), ["--device", "gpu0"]
-
-
-@case(FID)
-def fid_samples_are_missing(m, d, hold):
-    return fid_argv(d, samples=d / "absent.npz", ref=m.stats), [str(d / "absent.npz")]
-
-
-@case(FID)
-def fid_samples_folder_holds_a_corrupt_image(m, d, hold):
-    folder = corrupt_image_folder(d)
-    return fid_argv(d, samples=folder, ref=m.stats), [str(folder / "img_0.png"), "not in an image format"]
-
-
-@case(FID)
-def fid_reference_npz_holds_neither_statistics_nor_images(m, d, hold):
-    ref = d / "other.npz"
-    np.savez(ref, weights=np.ones(3))
-    return fid_argv(d, samples=m.samples, ref=ref), [str(ref), "mu"]
-
-
-@case(REF_STATS)
-def ref_stats_output_on_a_read_only_filesystem(m, d, hold):
-    target = read_only_dir(hold, d / "ro") / "ref.npz"
-    return [str(m.samples), str(target), "--cache_dir", ""], [f"output {target}"]
-
-
-@case(REF_STATS, needs_no_gpu=True)
-def ref_stats_device_cuda_without_a_gpu(m, d, hold):
-    return [str(m.samples), str(d / "ref.npz"), "--cache_dir", "", "--device", "cuda:0"], ["--device cuda:0", "no CUDA GPU"]
-
-
-@case(REF_STATS)
-def ref_stats_input_holds_a_corrupt_image(m, d, hold):
-    folder = corrupt_image_folder(d)
-    return [str(folder), str(d / "ref.npz"), "--cache_dir", ""], [str(folder / "img_0.png"), "not in an image format"]
-
-
-@case(REF_STATS)
-def ref_stats_input_is_missing(m, d, hold):
-    return [str(d / "absent"), str(d / "ref.npz"), "--cache_dir", ""], [str(d / "absent")]
-
-
-# The manifest claims the folder (complete: false) before any image, so that a resume cannot mix settings.
-@case(PREPARE, may_leave=("prepared/manifest.json",))
-def prepare_zip_member_is_not_an_image(m, d, hold):
-    archive = d / "metfaces.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("images/00001.png", NOT_AN_IMAGE)
-    argv = ["metfaces", str(archive), str(d / "prepared"), "--image_size", "16", "--workers", "1", "--strict"]
-    return argv, ["images/00001.png", "not in an image format"]
-
-
-@case(PREPARE)
-def prepare_output_folder_in_use(m, d, hold):
-    out = d / "prepared"
-    return ["embedded", str(out), "--image_size", "32", "--num_images", "2", "--workers", "1"], [str(out), *hold_lock(hold, out)]
-
-
 # ---- running them -----------------------------------------------------------------------------------
 
 
@@ -538,13 +439,27 @@ def run_in_process(case, argv):
     return importlib.import_module(case.module).main(list(argv))
 
 
+def all_cases():
+    """The cases of this module and of tests/bad_inputs_more.py (imported here: it builds on this one)."""
+    from tests import bad_inputs_more
+
+    return CASES + bad_inputs_more.CASES
+
+
+def file_states(root):
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in Path(root).rglob("*") if p.is_file()}
+
+
 def census(tree, timeout):
-    """Run every case in its own process against `tree`; returns {case name: outcome}."""
+    """Run every case in its own process against `tree`; returns {case name: outcome}.
+
+    "data-lost": the case refused but changed or removed a file that was there before it ran.
+    """
     outcomes = {}
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     with tempfile.TemporaryDirectory(prefix="bad-inputs-") as scratch:
         materials = Materials(Path(scratch) / "materials")
-        for number, bad in enumerate(CASES):
+        for number, bad in enumerate(all_cases()):
             case_dir = Path(scratch) / f"case{number:02d}"
             case_dir.mkdir()
             with contextlib.ExitStack() as hold:
@@ -554,7 +469,7 @@ def census(tree, timeout):
                 except Unavailable:
                     outcomes[bad.name] = "skipped"
                     continue
-                started = time.time()
+                started, before = time.time(), file_states(case_dir)
                 try:
                     done = subprocess.run([sys.executable, "-m", bad.module, *map(str, argv)], cwd=case_dir, env=env,
                                           capture_output=True, text=True, timeout=timeout)
@@ -564,6 +479,9 @@ def census(tree, timeout):
                 lines = message_lines(done.stderr)
                 if done.returncode == 0:
                     outcome = "accepted"
+                elif any(file_states(case_dir).get(path) != state for path, state in before.items()
+                         if path.name not in ("log.txt", "progress.csv")):
+                    outcome = "data-lost"
                 elif "Traceback" in done.stderr:
                     outcome = "traceback"
                 elif len(lines) == 1 and all(c in lines[0] for c in culprits):
@@ -583,7 +501,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     outcomes = census(args.tree, args.timeout)
     counts = {kind: sum(1 for o in outcomes.values() if o == kind)
-              for kind in ("one-line", "traceback", "hang", "accepted", "other", "skipped")}
+              for kind in ("one-line", "traceback", "hang", "accepted", "data-lost", "other", "skipped")}
     tried = len(outcomes) - counts["skipped"]
     print(f"tried {tried}: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
     if args.json:
