@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from guided_diffusion.atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from guided_diffusion.run.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 
 DEFAULT_OUTPUT_DIR = os.path.join("results", "analysis")
 _FILE_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")

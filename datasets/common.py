@@ -21,8 +21,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from guided_diffusion import run_lock
-from guided_diffusion.atomic import atomic_write_bytes, remove_stale_temps
+from guided_diffusion.run import run_lock
+from guided_diffusion.run.atomic import atomic_write_bytes, remove_stale_temps
 from guided_diffusion.dist_util import exit_when_parent_dies
 from guided_diffusion.image_ops import ImageDecodeError, center_crop_arr, to_rgb
 from datasets.sources import DatasetSourceError, close_cached_archives

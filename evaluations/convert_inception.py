@@ -26,7 +26,7 @@ import warnings
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d, FeatureExtractorInceptionV3
 
-from guided_diffusion.atomic import atomic_torch_save
+from guided_diffusion.run.atomic import atomic_torch_save
 
 from .errors import EvaluationError, MissingInputError
 

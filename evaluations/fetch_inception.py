@@ -17,7 +17,7 @@ import os
 import sys
 import urllib.request
 
-from guided_diffusion.atomic import check_writable
+from guided_diffusion.run.atomic import check_writable
 
 from .errors import EvaluationError
 

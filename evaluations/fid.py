@@ -32,8 +32,8 @@ import logging
 import os
 import sys
 
-from guided_diffusion import job
-from guided_diffusion.atomic import atomic_write_text, check_writable
+from guided_diffusion.run import job
+from guided_diffusion.run.atomic import atomic_write_text, check_writable
 from guided_diffusion.targets import TARGETS
 
 from .errors import EvaluationError

@@ -25,8 +25,8 @@ import sys
 
 import numpy as np
 
-from guided_diffusion import job
-from guided_diffusion.atomic import atomic_open, check_writable
+from guided_diffusion.run import job
+from guided_diffusion.run.atomic import atomic_open, check_writable
 from guided_diffusion.script_util import str2bool
 
 from .convert_inception import default_cache_dir

@@ -11,7 +11,7 @@ import fcntl
 import json
 import os
 
-from guided_diffusion.atomic import atomic_write_text
+from guided_diffusion.run.atomic import atomic_write_text
 
 from .errors import EvaluationError
 

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from guided_diffusion.image_ops import IMAGE_EXTENSIONS, decode_image, is_image_file
-from guided_diffusion.sample_store import BATCH_DIR, read_batch_file, scan_batch_files
+from guided_diffusion.run.sample_store import BATCH_DIR, read_batch_file, scan_batch_files
 
 from .errors import EvaluationError, MissingInputError
 
@@ -125,7 +125,7 @@ class NpzImages:
 
 class SampleBatchDirectory:
     """A folder of .npz files with `arr_0`: the sampling stage's batch files, read in index order
-    (`guided_diffusion.sample_store` names and checks them), or any other .npz files, in name order."""
+    (`guided_diffusion.run.sample_store` names and checks them), or any other .npz files, in name order."""
 
     def __init__(self, path, npz_names):
         self.path = path

@@ -25,7 +25,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from guided_diffusion.atomic import atomic_write_text
+from guided_diffusion.run.atomic import atomic_write_text
 
 from . import published
 from .errors import EvaluationError

@@ -48,8 +48,8 @@ import blobfile as bf
 import torch
 import torch.distributed as dist
 
-from . import device_health
-from .checkpoint import CheckpointError, load_state_bytes
+from .run import device_health
+from .run.checkpoint import CheckpointError, load_state_bytes
 
 # Broadcast large files in pieces: a single multi-GB message overflows some transports.
 _BROADCAST_CHUNK_BYTES = 1 << 28

@@ -27,7 +27,7 @@ import tempfile
 import blobfile as bf
 import torch.distributed as dist
 
-from .atomic import atomic_write_text, is_remote
+from .run.atomic import atomic_write_text, is_remote
 
 
 def _format_value(value):

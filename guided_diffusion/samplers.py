@@ -10,11 +10,11 @@ dpm_solver` and `--sampler unipc` (`paper_dpm_solver`, `paper_unipc`).
 
 import dataclasses
 
-from . import fast_samplers
-from .dpm_solver import LOWER_ORDER_FINAL_ALWAYS, sample_dpm_solver, sample_dpm_solver_pp
-from .noise_schedule import SKIP_TYPES
-from .unipc import VARIANTS as UNIPC_VARIANTS
-from .unipc import sample_unipc
+from .solvers import fast_samplers
+from .solvers.dpm_solver import LOWER_ORDER_FINAL_ALWAYS, sample_dpm_solver, sample_dpm_solver_pp
+from .solvers.noise_schedule import SKIP_TYPES
+from .solvers.unipc import VARIANTS as UNIPC_VARIANTS
+from .solvers.unipc import sample_unipc
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,13 +39,14 @@ import numpy as np
 import torch as th
 import torch.distributed as dist
 
-from . import checkpoint, dist_util, fast_paths, noise, run_lock, samplers, weighting
-from .atomic import atomic_write_text
-from .checkpoint import file_sha256
+from . import dist_util, noise, samplers, weighting
+from .run import checkpoint, fast_paths, run_lock
+from .run.atomic import atomic_write_text
+from .run.checkpoint import file_sha256
 from .fp16_util import fp16_fallback_note, resolve_precision
 from .image_ops import to_uint8_nhwc
 from .respace import space_timesteps
-from .sample_store import (
+from .run.sample_store import (
     BATCH_DIR,
     PNG_DIR,
     OutDirError,

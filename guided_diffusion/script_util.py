@@ -10,8 +10,8 @@ import torch
 
 from . import gaussian_diffusion as gd
 from . import weighting
-from .checkpoint import load_model_checkpoint
-from .flag_help import model_and_diffusion_help
+from .run.checkpoint import load_model_checkpoint
+from .run.flag_help import model_and_diffusion_help
 from .respace import SpacedDiffusion, space_timesteps
 from .targets import mean_type, target_from_flags
 from .unet import UNetModel

@@ -22,8 +22,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import dist_util, fast_paths, logger, preemption, run_lock
-from .checkpoint import (
+from . import dist_util, logger
+from .run import fast_paths, preemption, run_lock
+from .run.checkpoint import (
     CheckpointError,
     check_resume_file_name,
     check_state_dict,
@@ -33,15 +34,15 @@ from .checkpoint import (
     save_checkpoint,
     state_dict_digest,
 )
-from .checkpoint_flags import parse_allowed_changes, resume_flag_changes, weighting_change
-from .divergence import DivergenceWatch
+from .run.checkpoint_flags import parse_allowed_changes, resume_flag_changes, weighting_change
+from .run.divergence import DivergenceWatch
 from .fp16_util import MixedPrecisionTrainer, fp16_fallback_note, resolve_precision
 from .image_datasets import load_data, shard_digest
 from .nn import update_ema
 from .resample import LossAwareSampler, UniformSampler, check_schedule_sampler, create_named_schedule_sampler
-from .retention import check_retention_flags, prune_checkpoints
+from .run.retention import check_retention_flags, prune_checkpoints
 from .script_util import check_model_and_diffusion_flags, create_model_and_diffusion, model_and_diffusion_defaults
-from .timestep_metrics import TimestepBinErrors
+from .run.timestep_metrics import TimestepBinErrors
 from .weighting import check_given_parameters
 
 MAX_CONSECUTIVE_NONFINITE = 100

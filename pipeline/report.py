@@ -13,7 +13,7 @@ import shutil
 
 from analyses.color_shift import ROUGH_PERCENTILE
 from evaluations.registry import read_results
-from guided_diffusion.atomic import atomic_write_text
+from guided_diffusion.run.atomic import atomic_write_text
 
 from . import curves, readings
 from .plan import load_plan, resolve_config_path

@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 
-from guided_diffusion.preemption import REQUEUE_EXIT_CODE
+from guided_diffusion.run.preemption import REQUEUE_EXIT_CODE
 
 from .launch import REPO_ROOT, mpiexec, per_rank_argv, shell_line
 from .plan import PlanError

@@ -8,8 +8,8 @@ depends on, as make decides; there is no other record that could drift.
 import dataclasses
 import os
 
-from guided_diffusion.checkpoint import ema_filename
-from guided_diffusion.sample_store import samples_file_name
+from guided_diffusion.run.checkpoint import ema_filename
+from guided_diffusion.run.sample_store import samples_file_name
 from guided_diffusion.script_util import load_config, model_and_diffusion_defaults
 from guided_diffusion.targets import target_flags
 from guided_diffusion.train_util import image_train_defaults

@@ -13,7 +13,8 @@ See the README's "Sampling" section for the flags and the layout of --out_dir.
 
 import sys
 
-from guided_diffusion import checkpoint_flags, dist_util, flag_help, job, preemption, sampling
+from guided_diffusion import dist_util, sampling
+from guided_diffusion.run import checkpoint_flags, flag_help, job, preemption
 from guided_diffusion.script_util import create_argparser, parse_flags_and_given
 
 

@@ -9,7 +9,8 @@ SIGUSR1 every rank stops at the same step, writes a checkpoint and exits with 75
 
 import sys
 
-from guided_diffusion import dist_util, flag_help, job, preemption
+from guided_diffusion import dist_util
+from guided_diffusion.run import flag_help, job, preemption
 from guided_diffusion.script_util import create_argparser, parse_flags_and_given
 from guided_diffusion.train_util import TrainingError, image_train_defaults, train
 

@@ -117,7 +117,7 @@ def hold_lock(hold, directory):
 
     Returns what a refusal must name: the holder's pid and host.
     """
-    code = ("import sys; from guided_diffusion import run_lock; run_lock.acquire(sys.argv[1], 'test'); "
+    code = ("import sys; from guided_diffusion.run import run_lock; run_lock.acquire(sys.argv[1], 'test'); "
             "print('held', flush=True); sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -25,9 +25,9 @@ import torch
 
 from evaluations import fid as fid_cli
 from evaluations import ref_stats
-from guided_diffusion import checkpoint, run_lock, sample_store
-from guided_diffusion.atomic import TEMP_PREFIX, atomic_write_bytes
-from guided_diffusion.checkpoint import save_checkpoint
+from guided_diffusion.run import checkpoint, run_lock, sample_store
+from guided_diffusion.run.atomic import TEMP_PREFIX, atomic_write_bytes
+from guided_diffusion.run.checkpoint import save_checkpoint
 from scripts import image_sample, image_train
 from tests.bad_inputs import (
     HOST,
@@ -174,7 +174,7 @@ def test_a_lock_left_by_a_dead_run_is_taken_over_and_released(materials, tmp_pat
 
 def test_a_killed_holders_lock_is_free_at_once_though_its_forked_child_lives(tmp_path):
     # DataLoader workers are forked and outlive a killed trainer by seconds; they must not keep the lock.
-    code = ("import os, sys, time; from guided_diffusion import run_lock; run_lock.acquire(sys.argv[1], 'test'); "
+    code = ("import os, sys, time; from guided_diffusion.run import run_lock; run_lock.acquire(sys.argv[1], 'test'); "
             "child = os.fork()\nif child == 0: time.sleep(30); os._exit(0)\n"
             "print(child, flush=True); time.sleep(30)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=script_env())

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import fast_paths
-from guided_diffusion.fast_paths import FastPathOptions
+from guided_diffusion.run import fast_paths
+from guided_diffusion.run.fast_paths import FastPathOptions
 from guided_diffusion.fp16_util import MixedPrecisionTrainer
 from guided_diffusion.script_util import create_model_and_diffusion
 from tests.test_evaluations import (  # noqa: F401  (session fixtures: the converted FID Inception)

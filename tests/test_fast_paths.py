@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import dist_util, fast_paths, sampling
-from guided_diffusion.fast_paths import FastPathOptions, PrefetchedIndexedNoise, largest_fitting_batch
+from guided_diffusion import dist_util, sampling
+from guided_diffusion.run import fast_paths
+from guided_diffusion.run.fast_paths import FastPathOptions, PrefetchedIndexedNoise, largest_fitting_batch
 from guided_diffusion.noise import IndexedNoise
 from guided_diffusion.script_util import create_model_and_diffusion
 from guided_diffusion.train_util import TrainLoop, train, training_defaults

@@ -9,8 +9,13 @@ import torch
 from scipy.integrate import quad
 
 from guided_diffusion import samplers
-from guided_diffusion.dpm_solver import multistep_orders, psi_coefficients, sample_dpm_solver, sample_dpm_solver_pp
-from guided_diffusion.fast_samplers import (
+from guided_diffusion.solvers.dpm_solver import (
+    multistep_orders,
+    psi_coefficients,
+    sample_dpm_solver,
+    sample_dpm_solver_pp,
+)
+from guided_diffusion.solvers.fast_samplers import (
     data_prediction,
     dynamic_threshold,
     eps_model,
@@ -27,11 +32,11 @@ from guided_diffusion.gaussian_diffusion import (
 )
 from tests.gaussian_oracle import ExactGaussianModel, GaussianData, GivenStart
 from guided_diffusion.noise import IndexedNoise
-from guided_diffusion.noise_schedule import DiscreteNoiseSchedule, sampling_times
+from guided_diffusion.solvers.noise_schedule import DiscreteNoiseSchedule, sampling_times
 from guided_diffusion.respace import SpacedDiffusion
 from guided_diffusion.sampling import sampling_defaults
 from guided_diffusion.unet import UNetModel
-from guided_diffusion.unipc import sample_unipc, scaled_phi
+from guided_diffusion.solvers.unipc import sample_unipc, scaled_phi
 
 N = 1000
 SAMPLERS = [  # (name, order, variant, order of convergence)

@@ -16,7 +16,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing import event_accumulator
 
-from guided_diffusion import fast_paths, flag_help, logger, samplers, sampling, weighting
+from guided_diffusion import logger, samplers, sampling, weighting
+from guided_diffusion.run import fast_paths, flag_help
 from guided_diffusion.gaussian_diffusion import get_named_beta_schedule
 from guided_diffusion.script_util import (
     create_gaussian_diffusion,
@@ -24,7 +25,7 @@ from guided_diffusion.script_util import (
     diffusion_kwargs,
     named_on_command_line,
 )
-from guided_diffusion.timestep_metrics import TimestepBinErrors, bin_starts
+from guided_diffusion.run.timestep_metrics import TimestepBinErrors, bin_starts
 from guided_diffusion.targets import ModelMeanType
 from pipeline import expand, load_plan
 from scripts import image_sample, image_train

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import fast_paths, sampling
-from guided_diffusion.fast_paths import FastPathOptions
+from guided_diffusion import sampling
+from guided_diffusion.run import fast_paths
+from guided_diffusion.run.fast_paths import FastPathOptions
 from guided_diffusion.noise import DeviceIndexedNoise, IndexedNoise, noise_source, resolve_noise_device, sample_seed
 
 CPU = torch.device("cpu")

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guided_diffusion import device_health, dist_util, sample_store, sampling
-from guided_diffusion.checkpoint import find_latest_checkpoint, save_checkpoint
-from guided_diffusion.preemption import REQUEUE_EXIT_CODE
-from guided_diffusion.retention import prune_checkpoints, steps_to_delete
+from guided_diffusion import dist_util, sampling
+from guided_diffusion.run import device_health, sample_store
+from guided_diffusion.run.checkpoint import find_latest_checkpoint, save_checkpoint
+from guided_diffusion.run.preemption import REQUEUE_EXIT_CODE
+from guided_diffusion.run.retention import prune_checkpoints, steps_to_delete
 from scripts import image_sample, image_train
 from tests.test_sampling import batch_ranges, run_library, sampling_flags, save_tiny_checkpoint, script_command, script_env
 from tests.test_training import image_names, tiny_loop

@@ -11,9 +11,9 @@ import pytest
 
 from evaluations import fid as fid_cli
 from evaluations import ref_stats
-from guided_diffusion import checkpoint, sample_store
-from guided_diffusion.retention import steps_to_delete
-from guided_diffusion.sample_store import RUN_FILE, read_batch_identity
+from guided_diffusion.run import checkpoint, sample_store
+from guided_diffusion.run.retention import steps_to_delete
+from guided_diffusion.run.sample_store import RUN_FILE, read_batch_identity
 from scripts import image_sample, image_train
 from tests.bad_inputs import Materials, message_lines, sampling_argv, training_argv
 

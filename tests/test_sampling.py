@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch as th
 
-from guided_diffusion import sample_store, samplers, sampling
+from guided_diffusion import samplers, sampling
+from guided_diffusion.run import sample_store
 from guided_diffusion.script_util import create_argparser, model_and_diffusion_defaults, parse_args_with_config
 from tests.tiny import TINY_8X8, save_random_checkpoint
 

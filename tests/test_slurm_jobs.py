@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from guided_diffusion import dist_util
-from guided_diffusion.preemption import REQUEUE_EXIT_CODE
+from guided_diffusion.run.preemption import REQUEUE_EXIT_CODE
 from pipeline import PlanError, expand, load_plan, reproduce, runner, slurm
 
 REPO = Path(__file__).resolve().parents[1]

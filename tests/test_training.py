@@ -17,7 +17,7 @@ import torch.nn as nn
 from PIL import Image
 
 from guided_diffusion import logger
-from guided_diffusion.checkpoint import (
+from guided_diffusion.run.checkpoint import (
     CheckpointMismatchError,
     find_latest_checkpoint,
     load_model_checkpoint,

@@ -10,13 +10,7 @@ import torch
 import torch.utils.checkpoint
 
 from guided_diffusion import nn as gd_nn
-from guided_diffusion.unet import (
-    AttentionBlock,
-    QKVAttention,
-    QKVAttentionLegacy,
-    ResBlock,
-    UNetModel,
-)
+from guided_diffusion.unet import AttentionBlock, QKVAttention, QKVAttentionLegacy, ResBlock, UNetModel
 
 torch.set_num_threads(1)
 

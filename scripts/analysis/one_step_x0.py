@@ -12,7 +12,12 @@ import sys
 from analyses.flags import add_checkpoint_arguments, checkpoint_specs, parse_int_list
 from analyses.models import model_settings
 from analyses.one_step import DEFAULT_TIMESTEPS, run
-from guided_diffusion.script_util import create_argparser, model_and_diffusion_defaults, parse_args_with_config, str2bool
+from guided_diffusion.script_util import (
+    create_argparser,
+    model_and_diffusion_defaults,
+    parse_args_with_config,
+    str2bool,
+)
 from scripts.analysis import run_command
 
 

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from guided_diffusion import samplers
-from guided_diffusion.dpm_solver import sample_dpm_solver_pp
-from guided_diffusion.fast_samplers import data_prediction, eps_model, solve
+from guided_diffusion.solvers.dpm_solver import sample_dpm_solver_pp
+from guided_diffusion.solvers.fast_samplers import data_prediction, eps_model, solve
 from guided_diffusion.gaussian_diffusion import ModelMeanType
-from guided_diffusion.noise_schedule import SKIP_TYPES, DiscreteNoiseSchedule
+from guided_diffusion.solvers.noise_schedule import SKIP_TYPES, DiscreteNoiseSchedule
 from guided_diffusion.sampling import sampling_defaults
 from guided_diffusion.script_util import create_gaussian_diffusion
-from guided_diffusion.unipc import VARIANTS, sample_unipc
+from guided_diffusion.solvers.unipc import VARIANTS, sample_unipc
 from tests.gaussian_oracle import ExactGaussianModel, GaussianData, GivenStart
 
 SOLVERS = [  # (label, solver, order, solver options)

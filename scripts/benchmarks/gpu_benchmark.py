@@ -23,8 +23,9 @@ import tempfile
 
 import torch
 
-from guided_diffusion import dist_util, fast_paths, logger, sampling
-from guided_diffusion.fast_paths import FastPathOptions
+from guided_diffusion import dist_util, logger, sampling
+from guided_diffusion.run import fast_paths
+from guided_diffusion.run.fast_paths import FastPathOptions
 from guided_diffusion.script_util import (
     create_gaussian_diffusion,
     create_model_and_diffusion,

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from datasets import prepare_dataset
-from guided_diffusion import dist_util, fast_paths, logger, noise
+from guided_diffusion import dist_util, logger, noise
+from guided_diffusion.run import fast_paths
 from guided_diffusion.image_ops import to_uint8_nhwc
 from guided_diffusion.script_util import create_model_and_diffusion, load_config, model_and_diffusion_defaults
 from guided_diffusion.train_util import TrainLoop

@@ -31,9 +31,9 @@ import math
 import numpy as np
 import torch
 
-from . import dist_util
-from .fp16_util import autocast_model
-from .noise import IndexedNoise, noise_source
+from .. import dist_util
+from ..fp16_util import autocast_model
+from ..noise import IndexedNoise, noise_source
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OPTIMIZER_IMPLS = ("default", "foreach", "fused")

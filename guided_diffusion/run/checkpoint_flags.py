@@ -9,8 +9,9 @@ the checkpoint's.
 
 import blobfile as bf
 
-from . import checkpoint, weighting
-from .script_util import model_and_diffusion_defaults
+from .. import weighting
+from . import checkpoint
+from ..script_util import model_and_diffusion_defaults
 
 # Model and diffusion flags that are choices of the sampling run, not facts about the checkpoint.
 SAMPLING_CHOICES = ("timestep_respacing", "use_fp16")

@@ -6,9 +6,10 @@ their registries (`weighting`, `samplers`), so a new schedule or sampler
 documents its flags where it declares them.
 """
 
-from . import fast_paths, samplers, weighting
-from .fp16_util import PRECISIONS
-from .targets import TARGETS
+from .. import samplers, weighting
+from . import fast_paths
+from ..fp16_util import PRECISIONS
+from ..targets import TARGETS
 
 MODEL_HELP = dict(
     image_size="side of the square images, in pixels",

@@ -15,7 +15,7 @@ real name.
 import signal
 import threading
 
-from . import dist_util
+from .. import dist_util
 
 # sysexits' EX_TEMPFAIL: "a temporary failure; the user is invited to retry".
 REQUEUE_EXIT_CODE = 75

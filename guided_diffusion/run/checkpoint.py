@@ -31,7 +31,7 @@ import time
 import blobfile as bf
 import torch
 
-from . import __version__
+from .. import __version__
 from .atomic import atomic_torch_save, atomic_write_text, check_free_space, remove_stale_temps, tensor_bytes
 
 MANIFEST_FORMAT = "debias-adm-checkpoint"

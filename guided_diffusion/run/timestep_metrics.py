@@ -10,9 +10,9 @@ NUM_BINS equal bands of t and logged as `eps_mse_t{start}` and `x0_mse_t{start}`
 
 import numpy as np
 
-from . import logger
-from .targets import eps_error_per_target_error, target_of_mean_type
-from .weighting import snr_from_alphas_cumprod
+from .. import logger
+from ..targets import eps_error_per_target_error, target_of_mean_type
+from ..weighting import snr_from_alphas_cumprod
 
 NUM_BINS = 10
 

@@ -13,7 +13,7 @@ import math
 import torch
 
 from .noise_schedule import DiscreteNoiseSchedule, sampling_times
-from .targets import target_of_mean_type, to_eps, to_x0
+from ..targets import target_of_mean_type, to_eps, to_x0
 
 
 def mean_prediction(output, x):

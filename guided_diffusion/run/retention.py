@@ -12,7 +12,14 @@ never touched. Training prunes right after a new set is complete.
 
 import blobfile as bf
 
-from .checkpoint import _MANIFEST_RE, CheckpointError, _read_manifest, healthy_steps, read_manifests, step_of_checkpoint_file
+from .checkpoint import (
+    _MANIFEST_RE,
+    CheckpointError,
+    _read_manifest,
+    healthy_steps,
+    read_manifests,
+    step_of_checkpoint_file,
+)
 
 
 def check_retention_flags(keep_checkpoints, keep_every):

@@ -14,7 +14,7 @@ import traceback
 
 import torch.distributed as dist
 
-from . import dist_util
+from .. import dist_util
 from .atomic import disk_full_cause
 
 # Failures that come from the input or the machine, not from a bug: they get one line.
