@@ -45,6 +45,10 @@ DIFFUSION_HELP = dict(
     f"(the error of the network's own target, one of {', '.join(TARGETS)}, or its epsilon error)",
 )
 
+# Training and sampling read these two flags the same way.
+PRECISION_HELP = f"{', '.join(PRECISIONS)}; default fp32, or fp16 with --use_fp16 True on a device with fast float16"
+DEVICE_HELP = "cuda or cpu; empty picks cuda when available (a rank without the GPU it needs stops the job)"
+
 TRAINING_HELP = dict(
     data_dir="folder (or gs://, az:// URL) of training images, searched recursively",
     log_dir="logs and checkpoints; default $OPENAI_LOGDIR, else a new temp folder",
@@ -64,7 +68,7 @@ TRAINING_HELP = dict(
     save_interval="iterations between checkpoints",
     resume_checkpoint="auto (newest complete set in --log_dir), a modelNNNNNN.pt, or a checkpointNNNNNN.json",
     fp16_scale_growth="growth of log2 of the fp16 loss scale per taken step",
-    precision=f"{', '.join(PRECISIONS)}; default fp32, or fp16 with --use_fp16 True on a device with fast float16",
+    precision=PRECISION_HELP,
     seed="seed of the initial weights; each rank and resumed segment derives its own noise and data order",
     num_workers="DataLoader worker processes per rank",
     random_crop="random crops instead of centre crops",
@@ -75,7 +79,7 @@ TRAINING_HELP = dict(
         "comma list of network or objective flags (diffusion_steps, noise_schedule, ...) that a resume may change "
         "from its checkpoint's, e.g. to fine-tune; the change is recorded in the new manifests (default: none, refused)"
     ),
-    device="cuda or cpu; empty picks cuda when available (a rank without the GPU it needs stops the job)",
+    device=DEVICE_HELP,
 )
 
 SAMPLING_HELP = dict(
@@ -89,8 +93,8 @@ SAMPLING_HELP = dict(
     out_dir="run directory of the samples; default --sample_dir, else $OPENAI_LOGDIR",
     sample_dir="P2's and the paper's name for --out_dir",
     png="also write png/{index:06d}.png",
-    precision=f"{', '.join(PRECISIONS)}; default fp32, or fp16 with --use_fp16 True on a device with fast float16",
-    device="cuda or cpu; empty picks cuda when available (a rank without the GPU it needs stops the job)",
+    precision=PRECISION_HELP,
+    device=DEVICE_HELP,
     noise_device="cpu (the same numbers on every machine) or device (drawn on the GPU: other numbers than the "
     "CPU's); default device on CUDA",
     shard="this task's share of the indices, 0 .. --num_shards - 1 (SLURM array tasks)",
