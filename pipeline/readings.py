@@ -148,9 +148,10 @@ def headline(runs, colour, mse_means, x0_means, fid, data_spread):
     """Bullet sentences, one per reading, each stating its direction for every weighting against constant."""
     others = [r for r in runs if r != BASELINE]
     lines = _colour_lines(runs, colour, data_spread) if colour else []
-    if mse_means and x0_means:
-        base_noisy = x0_means.get((BASELINE, NOISY_BAND))
-        initial = mse_means.get((INITIAL, NOISY_BAND))
+    base_noisy = x0_means.get((BASELINE, NOISY_BAND))
+    initial = mse_means.get((INITIAL, NOISY_BAND))
+    # A diffusion with fewer steps than the bands assume (a toy T) has no noisy band to read.
+    if mse_means and x0_means and None not in (base_noisy, initial, mse_means.get((BASELINE, CLEAN_BAND))):
         parts = [
             f"{r} {describe_change(relative_change(x0_means.get((r, NOISY_BAND)), base_noisy))}" for r in others
         ]
