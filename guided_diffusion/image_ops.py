@@ -13,7 +13,7 @@ import random
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = ("bmp", "gif", "jpeg", "jpg", "png", "tif", "tiff", "webp")
 
@@ -40,7 +40,10 @@ def decode_image(data, origin):
     """RGB PIL image from encoded bytes; bytes that cannot be decoded raise ImageDecodeError naming `origin` and why.
 
     Every reader of image files goes through here: PIL's own error for bytes in
-    memory names only `<_io.BytesIO object at 0x...>`.
+    memory names only `<_io.BytesIO object at 0x...>`. An EXIF orientation tag is
+    applied, so a photo stored sideways with "rotate 90" is read upright, as every
+    viewer shows it (ADM's loader ignored the tag; images without one, such as the
+    paper's PNG datasets, read the same either way).
     """
     try:
         pil_image = Image.open(io.BytesIO(data))
@@ -50,7 +53,7 @@ def decode_image(data, origin):
     except DECODE_ERRORS as e:
         raise ImageDecodeError(origin, f"{type(e).__name__}: {e}") from None
     try:
-        return to_rgb(pil_image)
+        return to_rgb(ImageOps.exif_transpose(pil_image))
     except UnsupportedDepthError as e:
         raise ImageDecodeError(origin, str(e)) from None
 

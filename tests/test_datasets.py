@@ -527,3 +527,26 @@ def test_unknown_dataset_in_library():
     valid = "valid: afhq_dog, celebahq, cifar10, embedded, ffhq, imagenet, metfaces"
     with pytest.raises(UnknownDatasetError, match=valid):
         prepare_dataset("lsun", "x", "y")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A JPEG stored sideways with EXIF orientation 6 (rotate 90 clockwise to view) is read upright."""
+    import io
+
+    from PIL import Image
+
+    from guided_diffusion.image_ops import decode_image
+
+    stored = np.zeros((8, 16, 3), dtype=np.uint8)  # 8 high, 16 wide as stored
+    stored[:, :8] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="PNG", exif=exif)
+    upright = np.asarray(decode_image(buffer.getvalue(), "sideways.png"))
+    assert upright.shape == (16, 8, 3)
+    # Rotating 90 degrees clockwise puts the stored left half on top.
+    assert upright[:8].min() == 255 and upright[8:].max() == 0
+    plain = io.BytesIO()
+    Image.fromarray(stored).save(plain, format="PNG")
+    assert np.array_equal(np.asarray(decode_image(plain.getvalue(), "plain.png")), stored)
