@@ -121,11 +121,16 @@ def curve_lines(sampler, steps, points_by_run, runs):
             for i in range(1, len(shared))
             if signs[i] != signs[i - 1] and signs[i] != 0
         ]
-        sentence = f"{run} against constant, FID difference at each checkpoint: {'; '.join(per_checkpoint)}."
+        sentence = (f"{run} against constant, FID difference ({run} minus constant; lower is better) at each "
+                    f"checkpoint: {'; '.join(per_checkpoint)}.")
+        resolved = any("(resolved)" in text for text in per_checkpoint)
         if crossings:
             sentence += " The order changes: " + "; ".join(crossings) + "."
+        elif len(shared) == 1:
+            sentence += f" {run} is {'ahead of' if signs[-1] < 0 else 'behind'} constant at {shared[0]:,}."
         else:
-            sentence += f" {run} is {'ahead of' if signs[-1] < 0 else 'behind'} constant at every checkpoint."
+            sentence += f" {run}'s FID is {'below' if signs[-1] < 0 else 'above'} constant's at every checkpoint"
+            sentence += "." if resolved else ", no difference resolved."
         kid_last = points[shared[-1]].get("kid"), base_points[shared[-1]].get("kid")
         if None not in kid_last:
             delta, sigma = _difference(points[shared[-1]], base_points[shared[-1]], "kid")

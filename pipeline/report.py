@@ -177,7 +177,7 @@ def write_report(plan_path, root, out_dir):
     lines += readings.headline(runs, colour, mse_means, x0_means, fid, reference.spread if reference else 0.0)
     if lines:
         parts += ["## What the numbers show", ""]
-        if trained:
+        if trained and (colour or x0_means or mse_means or fid):
             parts += [f"Readings other than FID over training are at the last checkpoint, {last:,} iterations.", ""]
         parts += [f"- {line}" for line in lines] + [""]
     for name in sorted(stale):

@@ -40,7 +40,7 @@ def test_curve_sentences_state_every_checkpoint_and_where_the_order_changes():
     assert "8,000: -20.0, lower (resolved)" in debias
     assert "between 2,000 and 4,000 iterations debias moves ahead of constant" in debias
     p2 = next(line for line in lines if line.startswith("p2"))
-    assert "p2 is ahead of constant at every checkpoint" in p2
+    assert "p2's FID is below constant's at every checkpoint." in p2
     min_snr = next(line for line in lines if line.startswith("min_snr"))
     assert "moves behind constant" in min_snr and "moves ahead of constant" in min_snr
 
@@ -107,3 +107,13 @@ def test_a_study_under_way_says_how_far_it_got(tmp_path):
     assert "| 2,000 | FID | 143.0 ± 3.0 | **135.0 ± 3.0** | 144.0 ± 3.0 | — |" in text
     assert "In progress" not in open(write_report(STUDY_PLAN, str(study_root(tmp_path / "done")),
                                                   str(tmp_path / "report2"))).read()
+
+
+def test_a_curve_never_resolved_apart_says_so():
+    close = {run: {1000: 150.0 + (1.0 if run == "min_snr" else 0.0), 2000: 140.0 + (2.0 if run == "min_snr" else 0.0)}
+             for run in ("constant", "min_snr")}
+    cells = {run: {it: dict(fid=fid, fid_std=3.0) for it, fid in points.items()} for run, points in close.items()}
+    (line,) = [l for l in curves.curve_lines("ddim", 25, cells, ["constant", "min_snr"]) if l.startswith("min_snr")]
+    assert line.endswith("min_snr's FID is above constant's at every checkpoint, no difference resolved.")
+    single = {run: {1000: points[1000]} for run, points in cells.items()}
+    assert curves.curve_lines("ddim", 25, single, ["constant", "min_snr"]) == []
