@@ -10,6 +10,7 @@ dpm_solver` and `--sampler unipc` (`paper_dpm_solver`, `paper_unipc`).
 
 import dataclasses
 
+from .respace import space_timesteps
 from .solvers import fast_samplers
 from .solvers.dpm_solver import LOWER_ORDER_FINAL_ALWAYS, sample_dpm_solver, sample_dpm_solver_pp
 from .solvers.noise_schedule import SKIP_TYPES
@@ -83,14 +84,55 @@ def get_sampler(name):
     return SAMPLERS[name]
 
 
-def steps_flags(name, steps):
-    """The sampling flags that ask sampler `name` for `steps` network evaluations."""
-    return {"timestep_respacing": f"{get_sampler(name).respacing_prefix}{int(steps)}"}
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A sampler and its step count, resolved once from the flags by `resolve_method` and passed on."""
+
+    name: str
+    sampler: Sampler
+    steps: int  # network evaluations per sample
+    process_respacing: str  # --timestep_respacing of the process it runs on ("": the full process)
+
+
+def requested_steps(flags, num_timesteps):
+    """Network evaluations per sample that the flags ask of --sampler, on a process of `num_timesteps` steps.
+
+    --timestep_respacing has one grammar for every sampler, ADM's (`respace.space_timesteps`: "N",
+    "N1,N2,..." or "ddimN"): a fast sampler takes as many steps as ADM's samplers would, on its
+    own time grid (--skip_type). Without it the respaced samplers take every step and the fast ones
+    --sampling_steps.
+    """
+    respacing = str(flags.get("timestep_respacing") or "").strip()
+    if respacing:
+        return len(space_timesteps(num_timesteps, respacing))
+    return num_timesteps if get_sampler(flags["sampler"]).respaced else flags["sampling_steps"]
+
+
+def resolve_method(flags):
+    """The `Method` of a sampling command: checks the sampler's name, options and step count."""
+    name = flags["sampler"]
+    sampler = get_sampler(name)
+    check_options(name, flags)
+    steps = requested_steps(flags, flags["diffusion_steps"])
+    given = flags.get("sampling_steps", SAMPLER_OPTION_DEFAULTS["sampling_steps"])
+    if not sampler.respaced and flags.get("timestep_respacing") and given not in (SAMPLER_OPTION_DEFAULTS["sampling_steps"], steps):
+        raise ValueError(
+            f"--sampler {name}: --timestep_respacing {flags['timestep_respacing']} ({steps} steps) and --sampling_steps "
+            f"{given} disagree"
+        )
+    if steps < 1:
+        raise ValueError(f"--sampler {name} needs at least 1 step, got {steps}")
+    return Method(name, sampler, steps, process_respacing(name, flags))
 
 
 def process_respacing(name, flags):
-    """The --timestep_respacing of the process the sampler runs on: its own, or "" (the full process)."""
+    """The --timestep_respacing of the process sampler `name` runs on: its own, or "" (the full process)."""
     return flags["timestep_respacing"] if get_sampler(name).respaced else ""
+
+
+def steps_flags(name, steps):
+    """The sampling flags that ask sampler `name` for `steps` network evaluations."""
+    return {"timestep_respacing": f"{get_sampler(name).respacing_prefix}{int(steps)}"}
 
 
 def check_options(name, flags):
@@ -117,18 +159,6 @@ def _ddim(model, diffusion, shape, *, model_kwargs, noise_source, device, flags)
     )
 
 
-def fast_sampler_steps(flags):
-    """A fast sampler's step count: --sampling_steps, or the paper's --timestep_respacing N."""
-    respacing = str(flags.get("timestep_respacing") or "").strip()
-    if not respacing:
-        return flags["sampling_steps"]
-    if not respacing.isdigit():
-        raise ValueError(
-            f"--sampler {flags['sampler']} takes --timestep_respacing as one step count (e.g. 10), got {respacing!r}"
-        )
-    return int(respacing)
-
-
 def _fast_sampler(solver, solver_options=(), **fixed):
     """A registry `run` for a multistep ODE solver; `solver_options` maps the solver's keywords to flags, and
     `fixed` holds the `fast_samplers.fast_sample` settings the sampler keeps whatever the flags say."""
@@ -138,27 +168,14 @@ def _fast_sampler(solver, solver_options=(), **fixed):
         settings.update({keyword: flags[flag] for keyword, flag in solver_options})
         settings.update(fixed)
         return fast_samplers.fast_sample(
-            solver, model, diffusion, shape, steps=fast_sampler_steps(flags), model_kwargs=model_kwargs,
+            solver, model, diffusion, shape, steps=requested_steps(flags, diffusion.num_timesteps), model_kwargs=model_kwargs,
             noise_source=noise_source, device=device, **settings,
         )
 
     return run
 
 
-def _check_steps(flags):
-    steps = fast_sampler_steps(flags)
-    if flags["timestep_respacing"] and flags["sampling_steps"] != SAMPLER_OPTION_DEFAULTS["sampling_steps"]:
-        if steps != flags["sampling_steps"]:
-            raise ValueError(
-                f"--sampler {flags['sampler']}: --timestep_respacing {steps} and --sampling_steps "
-                f"{flags['sampling_steps']} disagree"
-            )
-    if steps < 1:
-        raise ValueError(f"--sampling_steps must be at least 1, got {steps}")
-
-
 def _check_fast_sampler(flags):
-    _check_steps(flags)
     if flags["solver_order"] not in (1, 2, 3):
         raise ValueError(f"--solver_order must be 1, 2 or 3, got {flags['solver_order']}")
     if flags["skip_type"] not in SKIP_TYPES:
@@ -194,12 +211,12 @@ register_sampler(
 # The paper's code calls DPM-Solver's and UniPC's released samplers with these fixed settings.
 register_sampler(
     "paper_dpm_solver", _fast_sampler(sample_dpm_solver, order=2, skip_type="time_uniform", prediction="eps"),
-    options=("sampling_steps",), check=_check_steps, respaced=False,
+    options=("sampling_steps",), respaced=False,
     summary="the paper's --sampler dpm_solver: DPM-Solver-2 multistep, noise form, time-uniform steps",
 )
 register_sampler(
     "paper_unipc",
     _fast_sampler(sample_unipc, order=3, skip_type="time_uniform", variant="bh1", lower_order_final=LOWER_ORDER_FINAL_ALWAYS),
-    options=("sampling_steps",), check=_check_steps, respaced=False,
+    options=("sampling_steps",), respaced=False,
     summary="the paper's --sampler unipc: UniPC-3 bh1, time-uniform steps, lower orders at the end of every run",
 )

@@ -45,7 +45,6 @@ from .run.atomic import atomic_write_text
 from .run.checkpoint import file_sha256
 from .fp16_util import fp16_fallback_note, resolve_precision
 from .image_ops import to_uint8_nhwc
-from .respace import space_timesteps
 from .run.sample_store import (
     BATCH_DIR,
     PNG_DIR,
@@ -139,7 +138,6 @@ def resolve_sampler(flags):
         if sampler not in ("ddpm", "ddim"):
             raise ValueError(f"--use_ddim True conflicts with --sampler {sampler}; drop --use_ddim")
         sampler = "ddim"
-    samplers.get_sampler(sampler)
     return sampler
 
 
@@ -170,6 +168,11 @@ def output_dir(flags):
 
 def validate_flags(flags, device_type=None):
     """Check and normalise the flags; returns a new dict with `sampler` and `precision` resolved."""
+    return prepare_run(flags, device_type)[0]
+
+
+def prepare_run(flags, device_type=None):
+    """(the checked, normalised flags, the sampler `Method` they ask for), each resolved once here."""
     defaults = flag_defaults()
     unknown = sorted(set(flags) - set(defaults))
     if unknown:
@@ -199,7 +202,7 @@ def validate_flags(flags, device_type=None):
         flags["class_labels"] = parse_class_labels(flags["class_labels"], flags["num_classes"])
     elif flags["class_labels"] != "uniform":
         raise ValueError(f"--class_labels {flags['class_labels']} needs a class-conditional model (--class_cond True)")
-    samplers.check_options(flags["sampler"], flags)
+    method = samplers.resolve_method(flags)
     options = fast_paths.FastPathOptions.from_flags(flags, device_type)
     if options.noise_threads and not str(flags["noise_device"]).strip():
         # --noise_threads prefetches CPU noise, so asking for it (as configs/plans/gpu_mini.toml does) picks that noise.
@@ -207,10 +210,10 @@ def validate_flags(flags, device_type=None):
     flags["noise_device"] = noise.resolve_noise_device(flags["noise_device"], device_type)
     if flags["noise_device"] not in ("", "cpu") and options.noise_threads:
         raise ValueError("--noise_threads prefetches CPU noise; give --noise_device cpu with it, or drop it")
-    return flags
+    return flags, method
 
 
-def image_defining_flags(flags, checkpoint_sha256):
+def image_defining_flags(flags, checkpoint_sha256, method=None):
     """What determines sample i: checkpoint content, model/diffusion flags, sampler, seed, labels, precision.
 
     Not included: num_samples (sample i does not depend on it, so a run may be
@@ -221,7 +224,8 @@ def image_defining_flags(flags, checkpoint_sha256):
     identity = {k: flags[k] for k in model_and_diffusion_defaults() if k not in training_only}
     identity["checkpoint_sha256"] = checkpoint_sha256
     identity["sampler"] = flags["sampler"]
-    identity.update({option: flags[option] for option in samplers.get_sampler(flags["sampler"]).options})
+    method = method or samplers.resolve_method(flags)
+    identity.update({option: flags[option] for option in method.sampler.options})
     identity["seed"] = flags["seed"]
     identity["precision"] = flags["precision"]
     # CPU noise is what every run drew before the flag existed: leaving it out keeps their out_dirs valid.
@@ -234,12 +238,10 @@ def image_defining_flags(flags, checkpoint_sha256):
 
 def sampling_steps(flags):
     """How many network evaluations the sampler makes per sample."""
-    if samplers.get_sampler(flags["sampler"]).respaced:
-        return len(space_timesteps(flags["diffusion_steps"], flags["timestep_respacing"] or [flags["diffusion_steps"]]))
-    return samplers.fast_sampler_steps(flags)
+    return samplers.resolve_method(flags).steps
 
 
-def run_record(flags, checkpoint_sha256):
+def run_record(flags, checkpoint_sha256, method=None):
     """The fields that identify these samples in the results registry (null where unknown).
 
     The weighting and the iteration count come from the training manifest beside
@@ -253,7 +255,7 @@ def run_record(flags, checkpoint_sha256):
         pred=target_from_flags(flags["predict_xstart"], flags["predict_v"]),
         iterations=iterations,
         sampler=flags["sampler"],
-        steps=sampling_steps(flags),
+        steps=(method or samplers.resolve_method(flags)).steps,
         checkpoint_hash=checkpoint_sha256,
     )
 
@@ -299,10 +301,10 @@ def _main_then_share(fn):
 # ---- model ---------------------------------------------------------------------------------------
 
 
-def load_model_and_diffusion(flags, device):
-    """The model (eval mode, on `device`) and the process the sampler runs on."""
+def load_model_and_diffusion(flags, device, method):
+    """The model (eval mode, on `device`) and the process `method`'s sampler runs on."""
     model_flags = {k: flags[k] for k in model_and_diffusion_defaults()}
-    model_flags["timestep_respacing"] = samplers.process_respacing(flags["sampler"], flags)
+    model_flags["timestep_respacing"] = method.process_respacing
     return load_model_for_sampling(model_flags, flags["model_path"], device, flags["precision"])
 
 
@@ -367,7 +369,7 @@ def sample_to_dir(flags, progress=True):
 def _sample_to_dir(flags, progress, held):
     device = dist_util.dev()
     given = flags
-    flags = validate_flags(flags, device.type)
+    flags, method = prepare_run(flags, device.type)
     note = fp16_fallback_note(given.get("precision", ""), given.get("use_fp16", False), flags["precision"])
     if note and dist_util.is_main():
         print(note, flush=True)
@@ -399,11 +401,11 @@ def _sample_to_dir(flags, progress, held):
             print(note, flush=True)
 
     _main_then_share(check_paths)
-    model, diffusion = load_model_and_diffusion(flags, device)
+    model, diffusion = load_model_and_diffusion(flags, device, method)
 
     def claim_and_scan():
         sha256 = file_sha256(flags["model_path"])
-        identity = image_defining_flags(flags, sha256)
+        identity = image_defining_flags(flags, sha256, method)
         claim_out_dir(out_dir, identity)
         unstamped = check_batch_identities(out_dir, identity)
         if unstamped:
@@ -428,11 +430,11 @@ def _sample_to_dir(flags, progress, held):
     images_planned = sum(last - first + 1 for first, last in planned)
 
     shape_tail = (3, flags["image_size"], flags["image_size"])
-    identity = image_defining_flags(flags, state["sha256"])
+    identity = image_defining_flags(flags, state["sha256"], method)
     options = fast_paths.FastPathOptions.from_flags(flags, device.type)
     model_fn = fast_paths.sampling_forward(model, flags["precision"], device, options)
     noise_for = fast_paths.noise_source_factory(options, device, flags["noise_device"])
-    run = samplers.get_sampler(flags["sampler"]).run
+    run = method.sampler.run
     if flags["png"]:
         os.makedirs(os.path.join(out_dir, PNG_DIR), exist_ok=True)
 
@@ -484,19 +486,19 @@ def _sample_to_dir(flags, progress, held):
             done = [(first, last) for first, last, _ in scan_batch_files(batch_dir)]
             result["images_missing"] = sum(last - first + 1 for first, last in plan_batches(flags["num_samples"], flags["batch_size"], done))
         if not result["images_missing"]:
-            result["npz"] = finish(flags, state["sha256"], world_size, images_planned, sample_seconds)
+            result["npz"] = finish(flags, state["sha256"], world_size, images_planned, sample_seconds, method)
     return result
 
 
-def applicable_flags(flags):
+def applicable_flags(flags, method):
     """The flags without the options of samplers other than the one used (all at their defaults)."""
-    used = samplers.get_sampler(flags["sampler"]).options
+    used = method.sampler.options
     return {
         k: v for k, v in flags.items() if k not in samplers.SAMPLER_OPTION_DEFAULTS or k in used
     }
 
 
-def finish(flags, checkpoint_sha256, world_size, images_sampled, sample_seconds):
+def finish(flags, checkpoint_sha256, world_size, images_sampled, sample_seconds, method):
     """Rank 0, after every index is on disk: merge to ADM's npz, fill PNGs, write sampling.json."""
     out_dir = flags["out_dir"]
     batch_dir = os.path.join(out_dir, BATCH_DIR)
@@ -506,7 +508,7 @@ def finish(flags, checkpoint_sha256, world_size, images_sampled, sample_seconds)
     merge_start = time.time()
     if not os.path.exists(npz_path):
         # Other shards may have written batches since this run checked them.
-        check_batch_identities(out_dir, image_defining_flags(flags, checkpoint_sha256))
+        check_batch_identities(out_dir, image_defining_flags(flags, checkpoint_sha256, method))
         merge_batches(batch_dir, num_samples, npz_path)
         remove_other_merges(out_dir, npz_path)
     merge_seconds = time.time() - merge_start
@@ -515,15 +517,15 @@ def finish(flags, checkpoint_sha256, world_size, images_sampled, sample_seconds)
         for first, images, _ in iter_samples_in_order(batch_dir, num_samples):
             write_pngs(png_dir, images, range(first, first + len(images)), skip_existing=True)
     summary = dict(
-        flags=applicable_flags(flags),
+        flags=applicable_flags(flags, method),
         model_path=flags["model_path"],
         checkpoint_sha256=checkpoint_sha256,
         seed=flags["seed"],
         num_samples=num_samples,
         sampler=flags["sampler"],
         timestep_respacing=flags["timestep_respacing"],
-        run=run_record(flags, checkpoint_sha256),
-        image_flags=image_defining_flags(flags, checkpoint_sha256),
+        run=run_record(flags, checkpoint_sha256, method),
+        image_flags=image_defining_flags(flags, checkpoint_sha256, method),
         npz=os.path.basename(npz_path),
         world_size=world_size,
         device=str(dist_util.dev()),

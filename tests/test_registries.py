@@ -129,3 +129,21 @@ def test_a_new_sampler_samples_from_the_command_line_a_plan_and_a_figure(noisy_d
     assert few_step_grid.main([str(a) for a in argv]) == 0
     with open(tmp_path / "fig1.csv") as f:
         assert {(r["checkpoint"], r["steps"]) for r in csv.DictReader(f)} == {("m", "2"), ("m", "4")}
+
+
+def test_every_sampler_reads_timestep_respacing_with_adms_grammar():
+    """One grammar (respace.space_timesteps) for every sampler; the fast ones take as many steps as ADM's would."""
+    from guided_diffusion import sampling, samplers
+    from guided_diffusion.respace import space_timesteps
+
+    base = {**sampling.flag_defaults(), "model_path": "m.pt", "out_dir": "out", "diffusion_steps": 1000}
+    for respacing in ("10", "ddim10", "4,6", "250"):
+        expected = len(space_timesteps(1000, respacing))
+        for name in ("ddpm", "dpm_solver", "unipc", "paper_dpm_solver"):
+            flags = dict(base, sampler=name, timestep_respacing=respacing)
+            method = samplers.resolve_method(flags)
+            assert method.steps == expected == sampling.sampling_steps(flags)
+            assert method.process_respacing == (respacing if name == "ddpm" else "")
+    assert samplers.resolve_method(dict(base, sampler="unipc", sampling_steps=7)).steps == 7
+    with pytest.raises(ValueError, match="--timestep_respacing 10 \\(10 steps\\) and --sampling_steps 7 disagree"):
+        samplers.resolve_method(dict(base, sampler="unipc", timestep_respacing="10", sampling_steps=7))
