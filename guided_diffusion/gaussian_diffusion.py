@@ -17,7 +17,7 @@ import torch as th
 from . import targets
 from .losses import discretized_gaussian_log_likelihood, normal_kl
 from .targets import ModelMeanType
-from .weighting import timestep_loss_weights
+from .weighting import LossWeighting
 
 
 def get_named_beta_schedule(schedule_name, num_diffusion_timesteps):
@@ -96,9 +96,8 @@ def _default_randn_like(x):
 class GaussianDiffusion:
     """The diffusion process for a given beta schedule and model parameterisation.
 
-    `loss_weighting` is a dict of keyword arguments for
-    `weighting.timestep_loss_weights` (name, weight_space and the schedule's
-    parameters); None means ADM's constant weighting.
+    `loss_weighting` is a `weighting.LossWeighting` (a dict of its `from_flags`
+    keyword arguments is read as one); None means ADM's constant weighting.
     """
 
     def __init__(
@@ -145,13 +144,13 @@ class GaussianDiffusion:
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
-        self.loss_weighting = dict(loss_weighting or {"name": "constant"})
+        if not isinstance(loss_weighting, LossWeighting):
+            loss_weighting = LossWeighting.from_flags(**(loss_weighting or {}))
+        self.loss_weighting = loss_weighting
         target = targets.target_of_mean_type(model_mean_type)
-        if target is None and self.loss_weighting["name"] != "constant":
+        if target is None and loss_weighting.name != "constant":
             raise ValueError("loss weighting needs an eps, x0 or v model, not PREVIOUS_X")
-        self.mse_weights = timestep_loss_weights(
-            alphas_cumprod=self.alphas_cumprod, target=target or "eps", **self.loss_weighting
-        )
+        self.mse_weights = loss_weighting.weights(self.alphas_cumprod, target or "eps")
 
     # ---- forward process -------------------------------------------------
 

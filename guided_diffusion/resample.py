@@ -81,7 +81,7 @@ class LossWeightSampler(ScheduleSampler):
         bad = np.flatnonzero(~(np.isfinite(weights) & (weights > 0)))
         if bad.size:
             t = int(bad[0])
-            name = getattr(diffusion, "loss_weighting", {}).get("name", "?")
+            name = getattr(getattr(diffusion, "loss_weighting", None), "name", "?")
             raise ValueError(
                 f"--schedule_sampler loss-weight needs a positive finite loss weight at every timestep; "
                 f"--weight_schedule {name} has w({t}) = {weights[t]:.3g}"

@@ -276,9 +276,6 @@ def create_gaussian_diffusion(
     weight_space="target",
     **schedule_parameters,
 ):
-    unknown = sorted(set(schedule_parameters) - set(weighting.parameter_defaults()))
-    if unknown:
-        raise TypeError(f"create_gaussian_diffusion() got unexpected keyword argument(s) {', '.join(unknown)}")
     betas = gd.get_named_beta_schedule(noise_schedule, steps)
     if use_kl:
         loss_type = gd.LossType.RESCALED_KL
@@ -297,7 +294,7 @@ def create_gaussian_diffusion(
         model_var_type=var_type,
         loss_type=loss_type,
         rescale_timesteps=rescale_timesteps,
-        loss_weighting=dict(name=weight_schedule, weight_space=weight_space, **schedule_parameters),
+        loss_weighting=weighting.LossWeighting.from_flags(weight_schedule, weight_space, **schedule_parameters),
     )
 
 

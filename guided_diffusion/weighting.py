@@ -223,32 +223,55 @@ def check_given_parameters(name, given):
     return None
 
 
-def timestep_loss_weights(name, alphas_cumprod, target="eps", weight_space="target", **params):
-    """The weight of every timestep's MSE term, as a float64 array.
+@dataclasses.dataclass(frozen=True)
+class LossWeighting:
+    """A validated loss weighting: a registered schedule, the space it weighs in, its own parameters.
 
-    `target` is what the network predicts ("eps", "x0" or "v"). With
-    weight_space="target" the schedule multiplies the error in that target's own
-    space (the paper's experiments); with "eps" it is read as a weight on the
-    epsilon error, so one schedule means one objective under every parameterisation.
-    `params` may hold every schedule's parameters (the flags); the chosen schedule
-    takes its own, and its declared defaults fill in the rest.
+    Built once from the flags (`from_flags`) and handed to the diffusion, which asks it for
+    the weight of every timestep (`weights`).
     """
-    check_weight_schedule(name)
-    if weight_space not in WEIGHT_SPACES:
-        raise ValueError(f"unknown --weight_space {weight_space!r}; expected one of: {', '.join(WEIGHT_SPACES)}")
-    check_target(target)
-    check_parameter_values(params)
-    own = {key: float(params[key]) for key in schedule_parameters(name) if params.get(key) is not None}
-    snr = snr_from_alphas_cumprod(alphas_cumprod)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        weights = WEIGHT_SCHEDULES[name](snr, **own)
-        if weight_space == "eps":
-            weights = weights * eps_error_per_target_error(target, snr)
-    bad = np.flatnonzero(~np.isfinite(weights))
-    if bad.size:
-        t = int(bad[0])
-        raise ValueError(
-            f"--weight_schedule {name} is not finite at timestep {t} (SNR={snr[t]:.3g}); "
-            "choose a noise schedule with SNR > 0 at every step or another weighting"
-        )
-    return np.asarray(weights, dtype=np.float64)
+
+    name: str = "constant"
+    weight_space: str = "target"
+    parameters: tuple = ()  # (parameter, value) of the schedule's own parameters, defaults filled in
+
+    @classmethod
+    def from_flags(cls, name="constant", weight_space="target", **params):
+        """`params` may hold every schedule's parameters (the flags); the chosen schedule keeps its own."""
+        check_weight_schedule(name)
+        if weight_space not in WEIGHT_SPACES:
+            raise ValueError(f"unknown --weight_space {weight_space!r}; expected one of: {', '.join(WEIGHT_SPACES)}")
+        unknown = sorted(set(params) - set(parameter_defaults()))
+        if unknown:
+            raise TypeError(f"unknown weighting parameter(s) {', '.join(unknown)}")
+        check_parameter_values(params)
+        own = {key: float(default if params.get(key) is None else params[key])
+               for key, default in schedule_parameters(name).items()}
+        return cls(name, weight_space, tuple(sorted(own.items())))
+
+    def weights(self, alphas_cumprod, target="eps"):
+        """The weight of every timestep's MSE term, as a float64 array, for a network predicting `target`.
+
+        With weight_space "target" the schedule multiplies the error in that target's own
+        space (the paper's experiments); with "eps" it is read as a weight on the epsilon
+        error, so one schedule means one objective under every parameterisation.
+        """
+        check_target(target)
+        snr = snr_from_alphas_cumprod(alphas_cumprod)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            weights = WEIGHT_SCHEDULES[self.name](snr, **dict(self.parameters))
+            if self.weight_space == "eps":
+                weights = weights * eps_error_per_target_error(target, snr)
+        bad = np.flatnonzero(~np.isfinite(weights))
+        if bad.size:
+            t = int(bad[0])
+            raise ValueError(
+                f"--weight_schedule {self.name} is not finite at timestep {t} (SNR={snr[t]:.3g}); "
+                "choose a noise schedule with SNR > 0 at every step or another weighting"
+            )
+        return np.asarray(weights, dtype=np.float64)
+
+
+def timestep_loss_weights(name, alphas_cumprod, target="eps", weight_space="target", **params):
+    """`LossWeighting.from_flags(name, weight_space, **params).weights(alphas_cumprod, target)`."""
+    return LossWeighting.from_flags(name, weight_space, **params).weights(alphas_cumprod, target)
