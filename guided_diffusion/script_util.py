@@ -26,21 +26,25 @@ DEFAULT_CHANNEL_MULT = {
 }
 
 
+# The diffusion flags' defaults, written once: diffusion_defaults() and the keyword defaults of
+# ADM's create_model_and_diffusion / create_gaussian_diffusion read them from here.
+DIFFUSION_DEFAULTS = dict(
+    learn_sigma=False,
+    diffusion_steps=1000,
+    noise_schedule="linear",
+    timestep_respacing="",
+    use_kl=False,
+    predict_xstart=False,
+    predict_v=False,
+    rescale_timesteps=False,
+    rescale_learned_sigmas=False,
+    weight_schedule="constant",
+    weight_space="target",
+)
+
+
 def diffusion_defaults():
-    return dict(
-        learn_sigma=False,
-        diffusion_steps=1000,
-        noise_schedule="linear",
-        timestep_respacing="",
-        use_kl=False,
-        predict_xstart=False,
-        predict_v=False,
-        rescale_timesteps=False,
-        rescale_learned_sigmas=False,
-        weight_schedule="constant",
-        weight_space="target",
-        **weighting.parameter_defaults(),
-    )
+    return dict(DIFFUSION_DEFAULTS, **weighting.parameter_defaults())
 
 
 def model_and_diffusion_defaults():
@@ -91,9 +95,9 @@ def create_model_and_diffusion(
     use_fp16,
     use_new_attention_order,
     num_classes=1000,
-    predict_v=False,
-    weight_schedule="constant",
-    weight_space="target",
+    predict_v=DIFFUSION_DEFAULTS["predict_v"],
+    weight_schedule=DIFFUSION_DEFAULTS["weight_schedule"],
+    weight_space=DIFFUSION_DEFAULTS["weight_space"],
     **schedule_parameters,
 ):
     model = create_model(
@@ -262,18 +266,18 @@ def create_model(
 
 def create_gaussian_diffusion(
     *,
-    steps=1000,
-    learn_sigma=False,
+    steps=DIFFUSION_DEFAULTS["diffusion_steps"],
+    learn_sigma=DIFFUSION_DEFAULTS["learn_sigma"],
     sigma_small=False,
-    noise_schedule="linear",
-    use_kl=False,
-    predict_xstart=False,
-    predict_v=False,
-    rescale_timesteps=False,
-    rescale_learned_sigmas=False,
-    timestep_respacing="",
-    weight_schedule="constant",
-    weight_space="target",
+    noise_schedule=DIFFUSION_DEFAULTS["noise_schedule"],
+    use_kl=DIFFUSION_DEFAULTS["use_kl"],
+    predict_xstart=DIFFUSION_DEFAULTS["predict_xstart"],
+    predict_v=DIFFUSION_DEFAULTS["predict_v"],
+    rescale_timesteps=DIFFUSION_DEFAULTS["rescale_timesteps"],
+    rescale_learned_sigmas=DIFFUSION_DEFAULTS["rescale_learned_sigmas"],
+    timestep_respacing=DIFFUSION_DEFAULTS["timestep_respacing"],
+    weight_schedule=DIFFUSION_DEFAULTS["weight_schedule"],
+    weight_space=DIFFUSION_DEFAULTS["weight_space"],
     **schedule_parameters,
 ):
     betas = gd.get_named_beta_schedule(noise_schedule, steps)
