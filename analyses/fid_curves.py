@@ -99,10 +99,11 @@ def fid_curves(records, dataset=None, sampler=None, num_samples=None, at_steps=N
 
 
 def write_fid_curves(result, prefix):
-    header = ("panel", "curve", "weight_schedule", "pred", "sampler", "num_samples", "iterations", "steps", "fid")
+    header = ("panel", "curve", "weight_schedule", "pred", "sampler", "num_samples", "iterations", "steps", "fid",
+              "fid_std")
     rows = [
         (panel, label, r["weight_schedule"], r["pred"], r["sampler"], r["num_samples"], r["iterations"], r["steps"],
-         r["fid"])
+         r["fid"], r.get("fid_std"))
         for panel, label, r in result["points"]
     ]
     csv_path = write_csv(prefix + ".csv", header, rows)
@@ -114,8 +115,10 @@ def write_fid_curves(result, prefix):
         for axes, panel, x_key in ((by_iterations, "iterations", "iterations"), (by_steps, "steps", "steps")):
             mine = [r for p, l, r in result["points"] if p == panel and l == label]
             if mine:
-                axes.plot([r[x_key] for r in mine], [r["fid"] for r in mine], marker="o", color=f"C{index}",
-                          label=label)
+                # Bars: the bootstrap standard deviation of each FID, where the evaluation measured one.
+                spread = [r.get("fid_std") or 0.0 for r in mine]
+                axes.errorbar([r[x_key] for r in mine], [r["fid"] for r in mine], yerr=spread, marker="o",
+                              color=f"C{index}", label=label, capsize=3)
     by_iterations.set_xlabel("training iterations")
     by_iterations.set_title(f"(a) FID vs training iterations, {result['at_steps']} sampling steps", fontsize=10)
     by_steps.set_xlabel("sampling steps")

@@ -2,7 +2,7 @@
 
 Reads the results registry (one JSON object per line). Writes <out>.png and
 <out>.csv (panel, curve, weight_schedule, pred, sampler, num_samples,
-iterations, steps, fid).
+iterations, steps, fid, fid_std), the bootstrap standard deviations drawn as error bars.
 """
 
 import argparse
