@@ -139,5 +139,5 @@ def test_blobfile_shim_covers_the_local_calls_the_project_makes(tmp_path):
     assert bf.isdir(folder) and bf.exists(bf.join(folder, "x.txt")) and bf.basename(folder) == "a"
     bf.remove(bf.join(folder, "x.txt"))
     assert not bf.exists(bf.join(folder, "x.txt")) and bf.dirname(folder) == str(tmp_path)
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="local paths only"):
         bf.exists("gs://bucket/file")

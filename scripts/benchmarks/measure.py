@@ -89,7 +89,7 @@ class _ExplicitAttention(TorchFunctionMode):
 
 def _attention_by_products(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
     if attn_mask is not None or dropout_p or is_causal:
-        raise NotImplementedError("FLOP counting supports plain attention only (no mask, dropout or causality)")
+        raise ValueError("FLOP counting supports plain attention only (no mask, dropout or causality)")
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     weights = torch.softmax(torch.matmul(query, key.transpose(-1, -2)) * scale, dim=-1)
     return torch.matmul(weights, value)

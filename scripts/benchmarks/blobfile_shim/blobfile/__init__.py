@@ -14,7 +14,7 @@ SHIM = True
 def _local(path):
     path = os.fspath(path)
     if "://" in path:
-        raise NotImplementedError(f"{path}: the blobfile shim reads local paths only")
+        raise ValueError(f"{path}: the blobfile shim reads local paths only")
     return path
 
 
