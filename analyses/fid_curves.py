@@ -17,7 +17,7 @@ from .plotting import new_figure
 
 DEFAULT_RESULTS = registry.DEFAULT_RESULTS
 REQUIRED_KEYS = ("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps", "num_samples", "fid")
-CURVE_FIELDS = ("weight_schedule", "pred", "sampler", "num_samples")
+CURVE_FIELDS = ("weight_schedule", "pred", "schedule_sampler", "sampler", "num_samples")
 
 
 def read_results(path):

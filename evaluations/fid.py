@@ -55,7 +55,7 @@ from .sources import open_image_source
 
 log = logging.getLogger(__name__)
 
-RUN_FIELDS = ("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps", "checkpoint_hash")
+RUN_FIELDS = ("dataset", "weight_schedule", "pred", "schedule_sampler", "iterations", "sampler", "steps", "checkpoint_hash")
 
 
 def evaluate(
@@ -197,6 +197,7 @@ def registry_record(samples, ref, metrics, fields, date=None):
         "dataset": fields["dataset"],
         "weight_schedule": fields["weight_schedule"],
         "pred": fields["pred"],
+        "schedule_sampler": fields["schedule_sampler"],
         "iterations": fields["iterations"],
         "sampler": fields["sampler"],
         "steps": fields["steps"],
@@ -263,6 +264,7 @@ def build_parser():
     registry.add_argument("--dataset", default=None)
     registry.add_argument("--weight_schedule", default=None)
     registry.add_argument("--pred", default=None, choices=TARGETS, help="prediction target")
+    registry.add_argument("--schedule_sampler", default=None, help="training's timestep sampler (uniform: ADM's)")
     registry.add_argument("--iterations", type=int, default=None, help="training iterations of the checkpoint")
     registry.add_argument("--sampler", default=None)
     registry.add_argument("--steps", type=int, default=None, help="sampling steps")

@@ -17,11 +17,12 @@ from .errors import EvaluationError
 
 DEFAULT_RESULTS = os.path.join("results", "results.jsonl")
 
-# Every line carries these keys (null when unknown); tables select on the first seven.
+# Every line carries these keys (null when unknown); tables select on the first eight.
 RESULT_FIELDS = (
     "dataset",
     "weight_schedule",
     "pred",
+    "schedule_sampler",
     "iterations",
     "sampler",
     "steps",
@@ -39,10 +40,12 @@ RESULT_FIELDS = (
 
 
 # What identifies one evaluation cell; a cell evaluated again is represented by its latest record.
-CELL_FIELDS = ("dataset", "weight_schedule", "pred", "iterations", "sampler", "steps", "num_samples")
+# The timestep sampler is part of a cell: a run with importance-sampled t is another model of the
+# same weighting, and must not replace the uniform one's line.
+CELL_FIELDS = ("dataset", "weight_schedule", "pred", "schedule_sampler", "iterations", "sampler", "steps", "num_samples")
 
-# ADM's choices, for records that leave a field null.
-ADM_DEFAULTS = {"pred": "eps", "sampler": "ddpm"}
+# ADM's choices, for records that leave a field null (lines written before a field existed included).
+ADM_DEFAULTS = {"pred": "eps", "sampler": "ddpm", "schedule_sampler": "uniform"}
 
 
 @contextlib.contextmanager

@@ -8,7 +8,8 @@ old reference statistics) reads `n/a[1] (8.13)`, with note [1] below the table
 giving the reason the registry recorded. Cells the paper reports from other work (P2*, Table 3's prior
 models) show the published value only. When several registry lines match a
 cell, the newest (by date, then by position in the file) that has the
-cell's metric wins. Tables 1, 2 and 4 take models trained for the paper's
+cell's metric wins; when those lines evaluated different checkpoints (two trainings
+written into one registry), the cell carries a note naming them. Tables 1, 2 and 4 take models trained for the paper's
 500K iterations unless `--iterations` says otherwise; Table 3 has its own
 iteration rows. Results outside the paper's grid (other datasets, samplers,
 step counts or training lengths) go to an extra table, so nothing recorded
@@ -29,7 +30,7 @@ from guided_diffusion.run.atomic import atomic_write_text
 
 from . import published
 from .errors import EvaluationError
-from .registry import DEFAULT_RESULTS, read_results, recency, record_value
+from .registry import CELL_FIELDS, DEFAULT_RESULTS, read_results, recency, record_value
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,10 @@ class Cell:
         if self.ours is None:
             mark = NO_RESULT if self.note is None else f"{NOT_COMPUTED}[{self.note}]"
             return f"{mark} ({self.published})" if self.published is not None else mark
+        ours = f"{self.ours:.2f}" + ("" if self.note is None else f"[{self.note}]")
         if self.published is None:
-            return f"{self.ours:.2f}"
-        return f"{self.ours:.2f} ({self.published}, {self.difference:+.2f})"
+            return ours
+        return f"{ours} ({self.published}, {self.difference:+.2f})"
 
 
 @dataclass
@@ -111,11 +113,36 @@ def matches(record, query):
     return True
 
 
-def newest_value(records, query, metric):
+def newest_record(records, query, metric):
     candidates = [r for r in records if r.get(metric) is not None and matches(r, query)]
-    if not candidates:
-        return None
-    return float(max(candidates, key=recency)[metric])
+    return max(candidates, key=recency) if candidates else None
+
+
+def newest_value(records, query, metric):
+    record = newest_record(records, query, metric)
+    return None if record is None else float(record[metric])
+
+
+def rival_checkpoints(records, chosen, metric):
+    """Checkpoint hashes of the other lines with `metric` for the cell of `chosen` (same run, sampler, steps,
+    samples and training length) that evaluated a different model: two trainings written into one
+    registry, of which a table can show only one."""
+    same_cell = {k: record_value(chosen, k) for k in CELL_FIELDS}
+    hashes = {
+        r["checkpoint_hash"] for r in records
+        if r.get(metric) is not None and r.get("checkpoint_hash") and r.get("checkpoint_hash") != chosen.get("checkpoint_hash")
+        and all(record_value(r, k) == v for k, v in same_cell.items())
+    }
+    return sorted(hashes)
+
+
+def _rivals_note(table, chosen, rivals):
+    shown = str(chosen.get("checkpoint_hash") or "unknown")[:12]
+    others = ", ".join(h[:12] for h in rivals)
+    return table.note_number(
+        f"other checkpoints ({others}) were evaluated for this cell too; the newest line (checkpoint {shown}, "
+        f"{chosen.get('date')}) is shown"
+    )
 
 
 def missing_reason(records, query, metric):
@@ -127,7 +154,9 @@ def missing_reason(records, query, metric):
 
 
 def _query(dataset, steps, weight_schedule, iterations, pred="eps"):
-    query = {"dataset": dataset, "steps": steps, "weight_schedule": weight_schedule, "pred": pred}
+    # The paper trains every model with uniform timesteps.
+    query = {"dataset": dataset, "steps": steps, "weight_schedule": weight_schedule, "pred": pred,
+             "schedule_sampler": "uniform"}
     query["sampler"] = PAPER_SAMPLER
     if iterations is not None:
         query["iterations"] = iterations
@@ -223,24 +252,29 @@ def other_results_table(records, paper_tables):
     """FID of every (setting, weighting) whose records match no cell of the paper's tables."""
     queries = [cell.query for table in paper_tables for cell in table.cells() if cell.query is not None]
     outside = [r for r in records if r.get("fid") is not None and not any(matches(r, q) for q in queries)]
-    schedules = list(WEIGHTINGS) + sorted(
-        {str(r.get("weight_schedule")) for r in outside} - set(WEIGHTINGS) - {"None"}
+    # A column per weighting, and per weighting with a non-uniform timestep sampler ("debias+loss-weight").
+    runs = [(w, "uniform") for w in WEIGHTINGS] + sorted(
+        {(str(r.get("weight_schedule")), str(record_value(r, "schedule_sampler"))) for r in outside}
+        - {(w, "uniform") for w in WEIGHTINGS}
+        - {("None", "uniform")}
     )
     settings = sorted(
         {tuple(record_value(r, k) for k in ("dataset", "pred", "sampler", "iterations", "steps")) for r in outside},
         key=lambda s: (str(s[0]), str(s[1]), str(s[2]), _sort_key(s[3]), _sort_key(-s[4] if s[4] is not None else None)),
     )
+    labels = [published.WEIGHTING_LABELS.get(w, w) + ("" if t == "uniform" else f"+{t}") for w, t in runs]
     table = Table(
         "table_other",
         "Other results: settings outside the paper's tables, FID (lower is better)",
         "Newest registry line per setting and weighting; no published counterpart.",
-        ["Dataset", "Pred", "Sampler", "Iterations", "Steps"] + [published.WEIGHTING_LABELS.get(s, s) for s in schedules],
+        ["Dataset", "Pred", "Sampler", "Iterations", "Steps"] + labels,
         5,
     )
     for dataset, pred, sampler, iterations, steps in settings:
         row = [str(v) if v is not None else NO_RESULT for v in (dataset, pred, sampler, iterations, steps)]
-        for schedule in schedules:
-            query = {"dataset": dataset, "pred": pred, "sampler": sampler, "weight_schedule": schedule}
+        for schedule, timesteps in runs:
+            query = {"dataset": dataset, "pred": pred, "sampler": sampler, "weight_schedule": schedule,
+                     "schedule_sampler": timesteps}
             chosen = [
                 r
                 for r in outside
@@ -248,7 +282,11 @@ def other_results_table(records, paper_tables):
             ]
             cell = Cell(query=query)
             if chosen:
-                cell.ours = float(max(chosen, key=recency)["fid"])
+                newest = max(chosen, key=recency)
+                cell.ours = float(newest["fid"])
+                rivals = rival_checkpoints(chosen, newest, "fid")
+                if rivals:
+                    cell.note = _rivals_note(table, newest, rivals)
             row.append(cell)
         table.rows.append(row)
     return table
@@ -260,7 +298,11 @@ def build_tables(records, iterations=published.PAPER_ITERATIONS):
     for table in tables:
         for cell in table.cells():
             if cell.query is not None:
-                cell.ours = newest_value(records, cell.query, cell.metric)
+                chosen = newest_record(records, cell.query, cell.metric)
+                cell.ours = None if chosen is None else float(chosen[cell.metric])
+                rivals = [] if chosen is None else rival_checkpoints(records, chosen, cell.metric)
+                if rivals:
+                    cell.note = _rivals_note(table, chosen, rivals)
                 reason = None if cell.ours is not None else missing_reason(records, cell.query, cell.metric)
                 if reason is not None:
                     label = METRIC_LABELS.get(cell.metric, cell.metric)

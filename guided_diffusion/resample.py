@@ -22,7 +22,8 @@ import torch as th
 import torch.distributed as dist
 
 
-SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment", "loss-weight")
+UNIFORM = "uniform"
+SCHEDULE_SAMPLERS = (UNIFORM, "loss-second-moment", "loss-weight")
 
 
 def check_schedule_sampler(name):

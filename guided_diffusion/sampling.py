@@ -253,6 +253,7 @@ def run_record(flags, checkpoint_sha256, method=None):
     return dict(
         weight_schedule=training_flags.get("weight_schedule"),
         pred=target_from_flags(flags["predict_xstart"], flags["predict_v"]),
+        schedule_sampler=training_flags.get("schedule_sampler"),
         iterations=iterations,
         sampler=flags["sampler"],
         steps=(method or samplers.resolve_method(flags)).steps,

@@ -22,12 +22,12 @@ def curve_cells(records, dataset, last=None):
     from .plan import Run
 
     curves = {}
-    for (_, weighting, pred, iterations, sampler, steps, _), record in latest(
+    for (_, weighting, pred, timesteps, iterations, sampler, steps, _), record in latest(
         [r for r in records if r.get("dataset") == dataset]
     ).items():
         if iterations is None:
             continue
-        curves.setdefault((sampler, steps), {}).setdefault(Run(weighting, pred).name, {})[int(iterations)] = record
+        curves.setdefault((sampler, steps), {}).setdefault(Run(weighting, pred, timesteps).name, {})[int(iterations)] = record
     return {
         setting: runs for setting, runs in curves.items()
         if max(len(points) for points in runs.values()) > 1

@@ -21,7 +21,7 @@ A plan looks like
     name = "ffhq"                  # a dataset of datasets/ (prepare.py)
     source = "downloads/ffhq.zip"  # or data_dir = "..." for an already prepared folder
     config = "configs/ffhq.toml"
-    runs = ["constant", "p2", "min_snr", "debias"]   # weighting, or weighting@target (eps|x0|v)
+    runs = ["constant", "p2", "min_snr", "debias"]   # weighting[@target (eps|x0|v)][+timestep sampler]
     iterations = [500000]          # which checkpoints to sample and evaluate
 
     [evaluate]                     # flags for evaluations.fid; metrics = ["is"] adds --is,
@@ -47,6 +47,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib
 
 from guided_diffusion import samplers
+from guided_diffusion.resample import UNIFORM, check_schedule_sampler
 from guided_diffusion.targets import DEFAULT_TARGET, check_target
 from guided_diffusion.weighting import check_weight_schedule
 
@@ -70,24 +71,33 @@ def resolve_config_path(path):
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One trained model: a weighting and a prediction target."""
+    """One trained model: a weighting, a prediction target and a timestep sampler.
+
+    Written `weighting[@target][+schedule_sampler]`, e.g. "debias", "constant@x0", "debias+loss-weight";
+    the sampler is part of the name only where it is not ADM's uniform one.
+    """
 
     weight_schedule: str
     target: str = DEFAULT_TARGET
+    schedule_sampler: str = UNIFORM
 
     @property
     def name(self):
-        return self.weight_schedule if self.target == DEFAULT_TARGET else f"{self.weight_schedule}@{self.target}"
+        name = self.weight_schedule if self.target == DEFAULT_TARGET else f"{self.weight_schedule}@{self.target}"
+        return name if self.schedule_sampler == UNIFORM else f"{name}+{self.schedule_sampler}"
 
     @property
     def dir_name(self):
-        return self.weight_schedule if self.target == DEFAULT_TARGET else f"{self.target}_{self.weight_schedule}"
+        name = self.weight_schedule if self.target == DEFAULT_TARGET else f"{self.target}_{self.weight_schedule}"
+        return name if self.schedule_sampler == UNIFORM else f"{name}+{self.schedule_sampler}"
 
     @classmethod
     def parse(cls, text, where):
-        weighting, _, target = str(text).partition("@")
+        model, _, timesteps = str(text).partition("+")
+        weighting, _, target = model.partition("@")
         try:
-            return cls(check_weight_schedule(weighting), check_target(target or DEFAULT_TARGET))
+            return cls(check_weight_schedule(weighting), check_target(target or DEFAULT_TARGET),
+                       check_schedule_sampler(timesteps or UNIFORM))
         except ValueError as err:
             raise PlanError(f"{where}: run {text!r}: {err}") from None
 
@@ -100,7 +110,6 @@ PER_RUN_KEYS = ("weight_schedule", "predict_xstart", "predict_v")
 def _check_train_table(train, where):
     """Refuse, before anything runs, a [train] key no training accepts, one the grid sets per run, or a
     schedule parameter outside its range."""
-    from guided_diffusion.resample import check_schedule_sampler
     from guided_diffusion.train_util import image_train_defaults
     from guided_diffusion.weighting import check_parameter_values
 

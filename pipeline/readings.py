@@ -81,11 +81,11 @@ def fid_cells(records, dataset, iterations=None):
     from .plan import Run
 
     cells = {}
-    for (_, weighting, pred, at, sampler, steps, _), record in latest(
+    for (_, weighting, pred, timesteps, at, sampler, steps, _), record in latest(
         [r for r in records if r.get("dataset") == dataset]
     ).items():
         if iterations is None or at == iterations:
-            cells[(Run(weighting, pred).name, sampler, steps)] = record
+            cells[(Run(weighting, pred, timesteps).name, sampler, steps)] = record
     return cells
 
 

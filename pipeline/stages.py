@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 from guided_diffusion.run.checkpoint import ema_filename
+from guided_diffusion.resample import UNIFORM
 from guided_diffusion.run.sample_store import samples_file_name
 from guided_diffusion.script_util import load_config, model_and_diffusion_defaults
 from guided_diffusion.targets import target_flags
@@ -147,6 +148,8 @@ def expand(plan):
             owners = parameter_owners()
             train_flags = {k: v for k, v in ds.train.items() if run.weight_schedule in owners.get(k, [run.weight_schedule])}
             train_flags.update(target_flags(run.target))
+            if run.schedule_sampler != UNIFORM:
+                train_flags["schedule_sampler"] = run.schedule_sampler
             # Training is one stage per checkpoint that is sampled, each resuming the one before, so
             # that the early checkpoints are sampled and evaluated while training goes on.
             train_names = {}

@@ -182,6 +182,21 @@ def test_slurm_scripts_chain_dependencies(tmp_path):
             defined.add(m.group(1))
 
 
+def test_a_run_with_importance_sampled_timesteps_is_a_model_of_its_own(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("[train]\nmax_steps=10\n[[datasets]]\nname='x'\nconfig='configs/demo.toml'\ndata_dir='d'\n"
+                    "runs=['debias', 'debias+loss-weight', 'constant@x0+loss-weight']\n")
+    plan = load_plan(str(path), root=str(tmp_path / "w"))
+    assert [(r.name, r.dir_name) for r in plan.datasets[0].runs] == [
+        ("debias", "debias"), ("debias+loss-weight", "debias+loss-weight"), ("constant@x0+loss-weight", "x0_constant+loss-weight")]
+    stages = {s.name: s for s in expand(plan)}
+    uniform, weighted = stages["train/x/debias"].argv, stages["train/x/debias+loss-weight"].argv
+    assert "--schedule_sampler" not in uniform
+    assert weighted[weighted.index("--schedule_sampler") + 1] == "loss-weight"
+    assert weighted[weighted.index("--weight_schedule") + 1] == "debias"
+    assert weighted[weighted.index("--log_dir") + 1].endswith(os.path.join("runs", "x", "debias+loss-weight"))
+
+
 @pytest.mark.parametrize(
     "body, message",
     [
@@ -189,6 +204,7 @@ def test_slurm_scripts_chain_dependencies(tmp_path):
         ("[plan]\n", "no \\[\\[datasets\\]\\]"),
         ("[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\nruns=['heavy']\n", "run 'heavy': unknown --weight_schedule 'heavy'"),
         ("[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\nruns=['constant@z']\n", "run 'constant@z': unknown prediction target 'z'"),
+        ("[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\nruns=['debias+importance']\n", "run 'debias\\+importance': unknown --schedule_sampler 'importance'"),
         ("[train]\nmax_steps=100\nsave_interval=30\n[[datasets]]\nname='x'\nconfig='c'\ndata_dir='d'\niterations=[50]\n", "not multiples"),
         ("[[datasets]]\nname='x'\nconfig='c'\n", "give 'source'"),
         ("[extra]\n", "unknown table"),

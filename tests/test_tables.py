@@ -138,3 +138,47 @@ def test_published_numbers_are_the_papers_tables():
         assert published.TABLE2[(dataset, int(steps))][metric] == dict(zip(("constant", "p2", "min_snr", "debias"), values))
     assert {re.sub(r" \[\d+\]$", "", row["method"]): row["fid"] for row in published.TABLE3_FFHQ} == PAPER_TABLE3
     assert {(r["pred"], r["weight_schedule"]): r["fid"] for r in published.TABLE4_CELEBAHQ} == PAPER_TABLE4
+
+
+def _line(**fields):
+    record = dict.fromkeys(RESULT_FIELDS)
+    record.update(dataset="ffhq", pred="eps", sampler="ddpm", steps=1000, iterations=500000, num_samples=50000)
+    record.update(fields)
+    return record
+
+
+def test_importance_sampled_run_is_its_own_cell_and_never_replaces_the_papers(tmp_path):
+    path = str(tmp_path / "results.jsonl")
+    append_result(path, _line(weight_schedule="debias", fid=9.0, checkpoint_hash="a" * 64, date="2026-01-01T00:00:00+00:00"))
+    # Newer, same weighting, importance-sampled t: another model, not a re-evaluation of the first.
+    append_result(path, _line(weight_schedule="debias", schedule_sampler="loss-weight", fid=7.0,
+                              checkpoint_hash="b" * 64, date="2026-01-02T00:00:00+00:00"))
+    built = tables.build_tables(read_results(path))
+    table1 = built[0]
+    ffhq = next(row for row in table1.rows if row[0] == "FFHQ" and row[1] == "1000")
+    debias = ffhq[table1.header.index("Ours (debias)")]
+    assert debias.ours == 9.0 and debias.note is None
+    other = built[-1]
+    column = other.header.index("Ours (debias)+loss-weight")
+    (row,) = other.rows
+    assert row[column].ours == 7.0
+
+
+def test_a_cell_evaluated_for_two_checkpoints_names_both(tmp_path):
+    path = str(tmp_path / "results.jsonl")
+    append_result(path, _line(weight_schedule="constant", fid=11.0, checkpoint_hash="1" * 64, date="2026-01-01T00:00:00+00:00"))
+    append_result(path, _line(weight_schedule="constant", fid=10.0, checkpoint_hash="2" * 64, date="2026-01-02T00:00:00+00:00"))
+    # A re-evaluation of the same checkpoint is not a rival.
+    append_result(path, _line(weight_schedule="debias", fid=8.0, checkpoint_hash="3" * 64, date="2026-01-01T00:00:00+00:00"))
+    append_result(path, _line(weight_schedule="debias", fid=8.1, checkpoint_hash="3" * 64, date="2026-01-02T00:00:00+00:00"))
+    table1 = tables.build_tables(read_results(path))[0]
+    ffhq = next(row for row in table1.rows if row[0] == "FFHQ" and row[1] == "1000")
+    constant = ffhq[table1.header.index("Constant")]
+    debias = ffhq[table1.header.index("Ours (debias)")]
+    assert constant.ours == 10.0 and constant.text().startswith("10.00[1] (")
+    assert table1.notes == [
+        "other checkpoints (111111111111) were evaluated for this cell too; the newest line "
+        "(checkpoint 222222222222, 2026-01-02T00:00:00+00:00) is shown"
+    ]
+    assert debias.ours == 8.1 and debias.note is None
+    assert "[1]" in tables.render_markdown([table1])
