@@ -162,3 +162,50 @@ def test_every_documented_command_runs(scratch, monkeypatch):
     kinds = {kind for _, kind in ran}
     assert {"make", "install", "scripts.image_train", "scripts.image_sample", "evaluations.fid"} <= kinds
     assert len(ran) >= 40
+
+
+# Inline commands (`python -m M --flag ...` and `make target` in running text and tables) are
+# checked without running them: the target exists, the module imports, and its parser accepts
+# the flags as written (a benchmark, bare, as its defaults). A span with a grammar placeholder ([...], a|b, <name>) is a synopsis.
+INLINE = re.compile(r"`((?:python -m|make) [^`]*)`")
+SYNOPSIS = re.compile(r"\[|\.\.\.|\||<[a-z_]+>$|\.<")
+
+
+class _Parsed(BaseException):
+    pass
+
+
+def inline_commands():
+    found = []
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", open(os.path.join(REPO, page)).read(), flags=re.S).replace("\n", " ")
+        found.extend((page, span) for span in INLINE.findall(text) if not SYNOPSIS.search(span))
+    return found
+
+
+def test_every_inline_command_names_a_real_target_and_flags_its_parser_takes(monkeypatch):
+    import argparse
+
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    checked = set()
+    for page, command in inline_commands():
+        words = shlex.split(command)
+        if words[0] == "make":
+            make_recipe(words[1], *words[2:])
+            checked.add(command)
+            continue
+        module = importlib.import_module(words[2])
+        assert hasattr(module, "main"), f"{page}: `{command}`: {words[2]} has no main(argv)"
+        if len(words) == 3:  # a module named in the text; a benchmark runs with no flags
+            if "benchmark" not in words[2]:
+                continue
+        with pytest.raises(_Parsed):
+            module.main(words[3:])
+        checked.add(command)
+    assert "python -m scripts.benchmarks.timestep_variance" in checked
+    assert "python -m scripts.benchmarks.gpu_check --tiny --out /tmp/gpu_check" in checked

@@ -66,13 +66,13 @@ def check_merged(out_path, batch_dir, num_samples):
         assert np.array_equal(data["arr_1"], np.arange(num_samples) % 1000)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_samples", type=int, default=20000)
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--work_dir", default=None, help="where to put the synthetic run (default: a temp dir)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
         batch_dir = os.path.join(work, "batches")

@@ -26,14 +26,14 @@ SETTINGS = [  # (label, sampler, timestep_respacing)
 ]
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.toml", help="model/diffusion flags (TOML)")
     parser.add_argument("--num_samples", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1, help="runs per setting; the fastest is reported")
     parser.add_argument("--json", default="", help="also write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     defaults = model_and_diffusion_defaults()
     model_flags = {**defaults, **load_config(args.config, defaults, sections=("model", "diffusion"))}

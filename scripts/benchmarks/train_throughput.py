@@ -58,7 +58,7 @@ def measure(launcher, ranks, data_dir, work_dir, args):
     return statistics.median(float(r["images_per_sec"]) for r in rows), statistics.median(float(r["steps_per_sec"]) for r in rows)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", default="1,2", help="comma list of process counts")
     parser.add_argument("--launcher", choices=("mpiexec", "torchrun"), default="mpiexec")
@@ -67,7 +67,7 @@ def main():
     parser.add_argument("--log_interval", type=int, default=10)
     parser.add_argument("--num_workers", type=int, default=1)
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     ranks = [int(r) for r in args.ranks.split(",")]
     with tempfile.TemporaryDirectory() as work_dir:
         data_dir = os.path.join(work_dir, "data")
