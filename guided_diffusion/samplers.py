@@ -46,6 +46,8 @@ SAMPLERS = {}
 # Defaults of every sampler's own flags; a flag set away from its default for a
 # sampler that does not read it is an error, not silently ignored.
 SAMPLER_OPTION_DEFAULTS = dict(eta=0.0)
+# Network evaluations per sample of a fast sampler without --timestep_respacing N.
+FAST_DEFAULT_STEPS = 20
 # Their --help lines.
 SAMPLER_OPTION_HELP = dict(eta="DDIM's eta: 0 is deterministic, 1 adds DDPM's noise (ddim only)")
 
@@ -100,12 +102,12 @@ def requested_steps(flags, num_timesteps):
     --timestep_respacing has one grammar for every sampler, ADM's (`respace.space_timesteps`: "N",
     "N1,N2,..." or "ddimN"): a fast sampler takes as many steps as ADM's samplers would, on its
     own time grid (--skip_type). Without it the respaced samplers take every step and the fast ones
-    --sampling_steps.
+    FAST_DEFAULT_STEPS.
     """
     respacing = str(flags.get("timestep_respacing") or "").strip()
     if respacing:
         return len(space_timesteps(num_timesteps, respacing))
-    return num_timesteps if get_sampler(flags["sampler"]).respaced else flags["sampling_steps"]
+    return num_timesteps if get_sampler(flags["sampler"]).respaced else FAST_DEFAULT_STEPS
 
 
 def resolve_method(flags):
@@ -114,12 +116,6 @@ def resolve_method(flags):
     sampler = get_sampler(name)
     check_options(name, flags)
     steps = requested_steps(flags, flags["diffusion_steps"])
-    given = flags.get("sampling_steps", SAMPLER_OPTION_DEFAULTS["sampling_steps"])
-    if not sampler.respaced and flags.get("timestep_respacing") and given not in (SAMPLER_OPTION_DEFAULTS["sampling_steps"], steps):
-        raise ValueError(
-            f"--sampler {name}: --timestep_respacing {flags['timestep_respacing']} ({steps} steps) and --sampling_steps "
-            f"{given} disagree"
-        )
     if steps < 1:
         raise ValueError(f"--sampler {name} needs at least 1 step, got {steps}")
     return Method(name, sampler, steps, process_respacing(name, flags))
@@ -190,14 +186,13 @@ register_sampler(
 register_sampler(
     "ddim", _ddim, options=("clip_denoised", "eta"), respacing_prefix="ddim", summary="DDIM (ADM's --use_ddim True)"
 )
-_FAST_OPTION_DEFAULTS = dict(sampling_steps=20, solver_order=3, skip_type="logSNR", unipc_variant="bh2")
+_FAST_OPTION_DEFAULTS = dict(solver_order=3, skip_type="logSNR", unipc_variant="bh2")
 _FAST_OPTION_HELP = dict(
-    sampling_steps="model evaluations per sample of the fast samplers; --timestep_respacing N says the same",
     solver_order="order of the multistep solver: 1 (DDIM), 2 or 3",
     skip_type=f"time grid of the fast samplers: {', '.join(SKIP_TYPES)} (uniform in log-SNR, in t, in sqrt(t))",
     unipc_variant=f"UniPC's B(h): {', '.join(UNIPC_VARIANTS)}",
 )
-_FAST_OPTIONS = ("sampling_steps", "solver_order", "skip_type")
+_FAST_OPTIONS = ("solver_order", "skip_type")
 register_sampler(
     "dpm_solver", _fast_sampler(sample_dpm_solver_pp), options=_FAST_OPTIONS,
     option_defaults=_FAST_OPTION_DEFAULTS, check=_check_fast_sampler, respaced=False,
@@ -211,12 +206,12 @@ register_sampler(
 # The paper's code calls DPM-Solver's and UniPC's released samplers with these fixed settings.
 register_sampler(
     "paper_dpm_solver", _fast_sampler(sample_dpm_solver, order=2, skip_type="time_uniform", prediction="eps"),
-    options=("sampling_steps",), respaced=False,
+    respaced=False,
     summary="the paper's --sampler dpm_solver: DPM-Solver-2 multistep, noise form, time-uniform steps",
 )
 register_sampler(
     "paper_unipc",
     _fast_sampler(sample_unipc, order=3, skip_type="time_uniform", variant="bh1", lower_order_final=LOWER_ORDER_FINAL_ALWAYS),
-    options=("sampling_steps",), respaced=False,
+    respaced=False,
     summary="the paper's --sampler unipc: UniPC-3 bh1, time-uniform steps, lower orders at the end of every run",
 )

@@ -130,6 +130,10 @@ def seed_all(seed):
     torch.manual_seed(seed)
 
 
+# ADM's keyword entry point takes the same defaults as the flags (precision is the resolved one).
+_FLAG_DEFAULTS = training_defaults()
+
+
 class TrainLoop:
     def __init__(
         self,
@@ -139,27 +143,27 @@ class TrainLoop:
         data,
         batch_size,
         lr,
-        microbatch=-1,
-        ema_rate="0.9999",
-        ema_warmup=False,
-        log_interval=10,
-        save_interval=10000,
-        resume_checkpoint="",
+        microbatch=_FLAG_DEFAULTS["microbatch"],
+        ema_rate=_FLAG_DEFAULTS["ema_rate"],
+        ema_warmup=_FLAG_DEFAULTS["ema_warmup"],
+        log_interval=_FLAG_DEFAULTS["log_interval"],
+        save_interval=_FLAG_DEFAULTS["save_interval"],
+        resume_checkpoint=_FLAG_DEFAULTS["resume_checkpoint"],
         precision="fp32",
-        fp16_scale_growth=1e-3,
+        fp16_scale_growth=_FLAG_DEFAULTS["fp16_scale_growth"],
         schedule_sampler=None,
-        weight_decay=0.0,
-        lr_anneal_steps=0,
-        max_steps=0,
+        weight_decay=_FLAG_DEFAULTS["weight_decay"],
+        lr_anneal_steps=_FLAG_DEFAULTS["lr_anneal_steps"],
+        max_steps=_FLAG_DEFAULTS["max_steps"],
         log_dir=None,
         flags=None,
         seed=None,
         max_consecutive_nonfinite=MAX_CONSECUTIVE_NONFINITE,
-        keep_checkpoints=0,
-        keep_every=0,
+        keep_checkpoints=_FLAG_DEFAULTS["keep_checkpoints"],
+        keep_every=_FLAG_DEFAULTS["keep_every"],
         stop_signals=None,
         fast_path_options=None,
-        allow_changed_flags="",
+        allow_changed_flags=_FLAG_DEFAULTS["allow_changed_flags"],
     ):
         if batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, got {batch_size}")

@@ -155,7 +155,7 @@ def test_sampling_times_reject_bad_input():
     schedule = DiscreteNoiseSchedule(alphas_cumprod())
     with pytest.raises(ValueError, match="skip_type"):
         sampling_times(schedule, "karras", 10)
-    with pytest.raises(ValueError, match="sampling_steps"):
+    with pytest.raises(ValueError, match="number of steps must be a positive integer"):
         sampling_times(schedule, "logSNR", 0)
 
 

@@ -79,7 +79,8 @@ def test_figures_get_every_runs_last_checkpoint(plan, tmp_path):
     figure = stages["figure/mse_step"]
     given = figure.argv[figure.argv.index("--checkpoints") + 1].split(",")
     last = max(loaded.datasets[0].iterations)
-    assert [entry.split("=")[0] for entry in given] == ["constant", "p2", "min_snr", "debias"]
+    assert [entry.split("=")[0] for entry in given] == [run.name for run in loaded.datasets[0].runs]
+    assert [entry.split("=")[0] for entry in given][:4] == ["constant", "p2", "min_snr", "debias"]
     assert all(entry.endswith(f"_{last:06d}.pt") for entry in given)
     assert {f"train/embedded/{run}" for run in ("constant", "p2", "min_snr", "debias")} <= set(figure.deps)
 

@@ -144,6 +144,6 @@ def test_every_sampler_reads_timestep_respacing_with_adms_grammar():
             method = samplers.resolve_method(flags)
             assert method.steps == expected == sampling.sampling_steps(flags)
             assert method.process_respacing == (respacing if name == "ddpm" else "")
-    assert samplers.resolve_method(dict(base, sampler="unipc", sampling_steps=7)).steps == 7
-    with pytest.raises(ValueError, match="--timestep_respacing 10 \\(10 steps\\) and --sampling_steps 7 disagree"):
-        samplers.resolve_method(dict(base, sampler="unipc", timestep_respacing="10", sampling_steps=7))
+    # Without a respacing a fast sampler takes its default step count; there is no second flag for it.
+    assert samplers.resolve_method(dict(base, sampler="unipc")).steps == samplers.FAST_DEFAULT_STEPS == 20
+    assert "sampling_steps" not in sampling.flag_defaults()

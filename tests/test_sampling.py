@@ -182,7 +182,7 @@ def test_run_writes_adm_npz_batches_and_summary(reference, checkpoints):
     assert summary["checkpoint_sha256"] == sampling.file_sha256(checkpoints["uncond"])
     assert summary["timing"]["images_sampled"] == 10
     # Options of other samplers are left out, so readers cannot mistake them for this run's.
-    assert "sampling_steps" not in summary["flags"] and "eta" not in summary["flags"]
+    assert "solver_order" not in summary["flags"] and "eta" not in summary["flags"]
     assert summary["flags"]["timestep_respacing"] == "4" and summary["flags"]["batch_size"] == 3
 
 
@@ -235,12 +235,12 @@ def test_use_ddim_is_sampler_ddim(checkpoints, tmp_path):
 
 @pytest.mark.parametrize("sampler", ["dpm_solver", "unipc"])
 def test_fast_samplers_are_reproducible_by_index(checkpoints, tmp_path, sampler):
-    flags = dict(sampler=sampler, timestep_respacing="", sampling_steps=3, solver_order=2, num_samples=5)
+    flags = dict(sampler=sampler, timestep_respacing="3", solver_order=2, num_samples=5)
     _, threes = run_library(checkpoints["uncond"], tmp_path / "a", **flags)
     _, twos = run_library(checkpoints["uncond"], tmp_path / "b", batch_size=2, **flags)
     assert_same_up_to_rounding(threes["arr_0"], twos["arr_0"])
     summary = json.loads((tmp_path / "a" / "sampling.json").read_text())
-    assert summary["image_flags"]["sampling_steps"] == 3 and summary["image_flags"]["solver_order"] == 2
+    assert summary["run"]["steps"] == 3 and summary["image_flags"]["solver_order"] == 2
     assert ("unipc_variant" in summary["image_flags"]) == (sampler == "unipc")
 
 

@@ -72,7 +72,7 @@ def sampling_times(noise_schedule, skip_type, steps):
     uniform in sqrt(t) (DDIM's quadratic spacing).
     """
     if int(steps) != steps or steps < 1:
-        raise ValueError(f"--sampling_steps must be a positive integer, got {steps!r}")
+        raise ValueError(f"the number of steps must be a positive integer, got {steps!r}")
     t_start, t_end = noise_schedule.t_max, noise_schedule.t_min
     if skip_type == "logSNR":
         lambdas = np.linspace(noise_schedule.lambda_(t_start), noise_schedule.lambda_(t_end), steps + 1)

@@ -78,7 +78,7 @@ def registered_sampler_table(noise_schedule_name, steps_list, num_samples, seed)
             continue
         errors = []
         for steps in steps_list:
-            flags = {**sampling_defaults(), "sampler": name, "timestep_respacing": "", "sampling_steps": steps}
+            flags = {**sampling_defaults(), "sampler": name, "timestep_respacing": str(steps)}
             x = sampler.run(model, diffusion, x_T.shape, model_kwargs={}, noise_source=GivenStart(x_T),
                             device=torch.device("cpu"), flags=flags)
             errors.append((x - exact).flatten(1).norm(dim=1).mean().item())
