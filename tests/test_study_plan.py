@@ -81,14 +81,19 @@ def test_the_study_plan_covers_fig7a_and_a_mini_table1():
         assert f"evaluate/embedded/p2/004000/{cell}" not in stages
 
 
+def run_to_the_end(plan, root):
+    """Run a plan with two jobs and assert that every stage ran (none failed, none blocked)."""
+    out = io.StringIO()
+    counts = reproduce(str(plan), root=str(root), jobs=2, stream=out)
+    assert counts.get("failed", 0) == 0 and counts.get("blocked", 0) == 0, out.getvalue()
+
+
 @pytest.mark.slow
 def test_the_study_plan_runs_end_to_end_at_toy_size(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     plan = toy_study(tmp_path)
     root = tmp_path / "work"
-    out = io.StringIO()
-    counts = reproduce(str(plan), root=str(root), jobs=2, stream=out)
-    assert counts.get("failed", 0) == 0 and counts.get("blocked", 0) == 0, out.getvalue()
+    run_to_the_end(plan, root)
 
     lines = [json.loads(line) for line in open(root / "results" / "results.jsonl")]
     # The importance-sampled run's lines say so: they are a model of their own, not debias's.

@@ -1,7 +1,6 @@
 """The shipped Table 2 plan, offline, at tiny size: every cell gets its FID, and IS is recorded missing
 with its reason (the offline Inception has no logits layer), so the table shows why, not a blank."""
 
-import io
 import os
 import pathlib
 
@@ -16,8 +15,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from evaluations import tables
 from evaluations.registry import read_results
-from pipeline import reproduce
-from tests.test_study_plan import write_toml
+from tests.test_study_plan import run_to_the_end, write_toml
 
 TABLE2 = pathlib.Path(__file__).resolve().parent.parent / "configs" / "plans" / "table2.toml"
 # Two of the plan's four weightings, to keep the suite's time: the other two cells are built the same way.
@@ -81,9 +79,7 @@ def test_table2_plan_offline_records_fid_for_every_cell_and_is_as_missing(tmp_pa
     monkeypatch.chdir(tmp_path)
     plan = tiny_table2(tmp_path)
     root = tmp_path / "work"
-    out = io.StringIO()
-    counts = reproduce(str(plan), root=str(root), jobs=2, stream=out)
-    assert counts.get("failed", 0) == 0 and counts.get("blocked", 0) == 0, out.getvalue()
+    run_to_the_end(plan, root)
 
     records = read_results(str(root / "results" / "results.jsonl"))
     cells = {(r["dataset"], r["weight_schedule"], r["sampler"], r["steps"]): r for r in records}
