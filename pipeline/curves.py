@@ -87,7 +87,8 @@ def curve_table(points_by_run, runs):
 
 
 def curve_lines(sampler, steps, points_by_run, runs):
-    """Sentences for one curve setting: each weighting against constant at every checkpoint, and progress."""
+    """Sentences for one curve setting: each weighting against constant at every checkpoint (a run with its
+    own timestep sampler also against its weighting drawn uniformly), and progress."""
     base_points = points_by_run.get(BASELINE, {})
     iterations = sorted(base_points)
     if len(iterations) < 2:
@@ -104,36 +105,46 @@ def curve_lines(sampler, steps, points_by_run, runs):
     for run in runs:
         if run == BASELINE:
             continue
-        points = points_by_run.get(run, {})
-        shared = [it for it in iterations if it in points]
-        if not shared:
-            continue
-        per_checkpoint = []
-        signs = []
-        for it in shared:
-            delta, sigma = _difference(points[it], base_points[it], "fid")
-            signs.append(np.sign(delta))
-            per_checkpoint.append(f"{it:,}: {delta:+.1f}, {_verdict(delta, sigma)}")
-        crossings = [
-            f"between {shared[i - 1]:,} and {shared[i]:,} iterations {run} moves "
-            + ("ahead of" if signs[i] < 0 else "behind")
-            + " constant"
-            for i in range(1, len(shared))
-            if signs[i] != signs[i - 1] and signs[i] != 0
-        ]
-        sentence = (f"{run} against constant, FID difference ({run} minus constant; lower is better) at each "
-                    f"checkpoint: {'; '.join(per_checkpoint)}.")
-        resolved = any("(resolved)" in text for text in per_checkpoint)
-        if crossings:
-            sentence += " The order changes: " + "; ".join(crossings) + "."
-        elif len(shared) == 1:
-            sentence += f" {run} is {'ahead of' if signs[-1] < 0 else 'behind'} constant at {shared[0]:,}."
-        else:
-            sentence += f" {run}'s FID is {'below' if signs[-1] < 0 else 'above'} constant's at every checkpoint"
-            sentence += "." if resolved else ", no difference resolved."
-        kid_last = points[shared[-1]].get("kid"), base_points[shared[-1]].get("kid")
-        if None not in kid_last:
-            delta, sigma = _difference(points[shared[-1]], base_points[shared[-1]], "kid")
-            sentence += f" KID at {shared[-1]:,}: {_verdict(delta, sigma)}."
-        lines.append(sentence)
+        # A run with its own timestep sampler is also set against the same weighting drawn uniformly.
+        uniform_twin = run.partition("+")[0]
+        for base in dict.fromkeys([BASELINE, uniform_twin]):
+            if base != run and base in points_by_run:
+                sentence = _comparison(run, points_by_run.get(run, {}), base, points_by_run[base])
+                if sentence:
+                    lines.append(sentence)
     return lines
+
+
+def _comparison(run, points, base, base_points):
+    """One run against a base run at every checkpoint both have: the differences, crossings and KID."""
+    shared = [it for it in sorted(base_points) if it in points]
+    if not shared:
+        return None
+    per_checkpoint = []
+    signs = []
+    for it in shared:
+        delta, sigma = _difference(points[it], base_points[it], "fid")
+        signs.append(np.sign(delta))
+        per_checkpoint.append(f"{it:,}: {delta:+.1f}, {_verdict(delta, sigma)}")
+    crossings = [
+        f"between {shared[i - 1]:,} and {shared[i]:,} iterations {run} moves "
+        + ("ahead of" if signs[i] < 0 else "behind")
+        + f" {base}"
+        for i in range(1, len(shared))
+        if signs[i] != signs[i - 1] and signs[i] != 0
+    ]
+    sentence = (f"{run} against {base}, FID difference ({run} minus {base}; lower is better) at each "
+                f"checkpoint: {'; '.join(per_checkpoint)}.")
+    resolved = any("(resolved)" in text for text in per_checkpoint)
+    if crossings:
+        sentence += " The order changes: " + "; ".join(crossings) + "."
+    elif len(shared) == 1:
+        sentence += f" {run} is {'ahead of' if signs[-1] < 0 else 'behind'} {base} at {shared[0]:,}."
+    else:
+        sentence += f" {run}'s FID is {'below' if signs[-1] < 0 else 'above'} {base}'s at every checkpoint"
+        sentence += "." if resolved else ", no difference resolved."
+    kid_last = points[shared[-1]].get("kid"), base_points[shared[-1]].get("kid")
+    if None not in kid_last:
+        delta, sigma = _difference(points[shared[-1]], base_points[shared[-1]], "kid")
+        sentence += f" KID at {shared[-1]:,}: {_verdict(delta, sigma)}."
+    return sentence

@@ -49,6 +49,18 @@ def test_curve_sentences_state_every_checkpoint_and_where_the_order_changes():
     assert "moves behind constant" in min_snr and "moves ahead of constant" in min_snr
 
 
+def test_an_importance_sampled_run_is_set_against_constant_and_against_its_uniform_twin():
+    cells = curves.curve_cells(records(), "embedded")[("ddim", 25)]
+    lines = curves.curve_lines("ddim", 25, cells, RUNS + ["debias+loss-weight"])
+    against_constant, against_debias = [line for line in lines if line.startswith("debias+loss-weight")]
+    assert against_constant.startswith("debias+loss-weight against constant") and "1,000: +35.0, higher (resolved)" in against_constant
+    # 205 - 215 = -10 against 2 x sqrt(3^2 + 3^2) = 8.49: resolved; 158 - 164 = -6: not resolved.
+    assert against_debias.startswith("debias+loss-weight against debias, FID difference (debias+loss-weight minus debias")
+    assert "1,000: -10.0, lower (resolved); 2,000: -6.0, lower (within the uncertainty)" in against_debias
+    assert against_debias.endswith("debias+loss-weight's FID is below debias's at every checkpoint. KID at 8,000: lower (within the uncertainty).")
+    assert sum(line.startswith("debias against") for line in lines) == 1
+
+
 def test_curve_table_rows_are_checkpoints_with_the_best_in_bold():
     table = curves.curve_table(curves.curve_cells(records(), "embedded")[("ddim", 25)], RUNS)
     assert "| 1,000 | FID | 170.0 ± 3.0 | **158.0 ± 3.0** | 171.0 ± 3.0 | 215.0 ± 3.0 |" in table
