@@ -6,9 +6,12 @@ difference goes at each checkpoint and whether it is resolved (the rule of
 far each weighting's FID moved from the first checkpoint to the last.
 """
 
+import dataclasses
+
 import numpy as np
 
 from evaluations.registry import latest
+from guided_diffusion.resample import UNIFORM
 
 from .readings import BASELINE, RESOLVED_SIGMAS
 
@@ -89,6 +92,8 @@ def curve_table(points_by_run, runs):
 def curve_lines(sampler, steps, points_by_run, runs):
     """Sentences for one curve setting: each weighting against constant at every checkpoint (a run with its
     own timestep sampler also against its weighting drawn uniformly), and progress."""
+    from .plan import Run
+
     base_points = points_by_run.get(BASELINE, {})
     iterations = sorted(base_points)
     if len(iterations) < 2:
@@ -106,7 +111,7 @@ def curve_lines(sampler, steps, points_by_run, runs):
         if run == BASELINE:
             continue
         # A run with its own timestep sampler is also set against the same weighting drawn uniformly.
-        uniform_twin = run.partition("+")[0]
+        uniform_twin = dataclasses.replace(Run.parse(run, "curve"), schedule_sampler=UNIFORM).name
         for base in dict.fromkeys([BASELINE, uniform_twin]):
             if base != run and base in points_by_run:
                 sentence = _comparison(run, points_by_run.get(run, {}), base, points_by_run[base])
