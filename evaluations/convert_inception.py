@@ -24,7 +24,6 @@ import sys
 import warnings
 
 import torch
-from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d, FeatureExtractorInceptionV3
 
 from guided_diffusion.run.atomic import atomic_torch_save
 
@@ -60,24 +59,21 @@ def find_fid_helper_torchscript():
     return None
 
 
-class _UnloadedInceptionV3(FeatureExtractorInceptionV3):
-    """torch-fidelity's architecture with its initial parameters, used only for parameter names and shapes.
-
-    FeatureExtractorInceptionV3 always loads a state dict in its constructor;
-    accepting an empty one lets us build the target layout before any weights exist.
-    """
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        return super().load_state_dict(state_dict, strict=False, assign=assign)
-
-
 def torch_fidelity_layout():
+    """torch-fidelity's architecture with its initial parameters, used only for parameter names and shapes."""
+    # Imported here, not at module level: importing evaluations must not need torch-fidelity (the GPU machines lack it).
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class UnloadedInceptionV3(FeatureExtractorInceptionV3):
+        # FeatureExtractorInceptionV3 always loads a state dict in its constructor; accepting an empty
+        # one lets us build the target layout before any weights exist.
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return super().load_state_dict(state_dict, strict=False, assign=assign)
+
     empty_state = io.BytesIO()
     torch.save({}, empty_state)
     empty_state.seek(0)
-    return _UnloadedInceptionV3(
-        TORCH_FIDELITY_EXTRACTOR, ["2048"], feature_extractor_weights_path=empty_state
-    )
+    return UnloadedInceptionV3(TORCH_FIDELITY_EXTRACTOR, ["2048"], feature_extractor_weights_path=empty_state)
 
 
 def load_torchscript(path):
@@ -113,6 +109,8 @@ def torchscript_convolutions(scripted):
 
 def torch_fidelity_state_dict_from_torchscript(scripted):
     """torch-fidelity `inception-v3-compat` state dict with the TorchScript's convolutions and NaN logits."""
+    from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
+
     source = torchscript_convolutions(scripted)
     layout = torch_fidelity_layout()
     targets = [(name, module) for name, module in layout.named_modules() if isinstance(module, BasicConv2d)]

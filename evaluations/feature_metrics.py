@@ -9,11 +9,11 @@
 
 import numpy as np
 import torch
-from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 from .errors import EvaluationError
+
+# torch-fidelity is imported where a metric is computed, not here: the GPU machines lack it, and
+# importing evaluations (the Inception features, FID) must not need it.
 
 IS_SPLITS = 10
 KID_SUBSETS = 100
@@ -34,6 +34,8 @@ def inception_score(logits, splits=IS_SPLITS):
     logits = _tensor(logits, "logits")
     if logits.shape[0] < splits:
         raise EvaluationError(f"the Inception Score with {splits} splits needs at least {splits} samples, got {logits.shape[0]}")
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+
     out = isc_features_to_metric(logits, splits=splits, shuffle=True, rng_seed=SEED)
     return out[KEY_METRIC_ISC_MEAN], out[KEY_METRIC_ISC_STD]
 
@@ -51,6 +53,8 @@ def kernel_inception_distance(generated, real, subsets=KID_SUBSETS, subset_size=
     subset_size = min(subset_size, generated.shape[0], real.shape[0])
     if subset_size < 2:
         raise EvaluationError(f"KID needs at least 2 samples on each side, got {generated.shape[0]} and {real.shape[0]}")
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
     out = kid_features_to_metric(
         generated.double(), real.double(), kid_subsets=subsets, kid_subset_size=subset_size, rng_seed=SEED, verbose=False
     )
@@ -74,6 +78,8 @@ def precision_recall(generated, real, neighborhood=PRC_NEIGHBORHOOD):
             f"precision/recall with k={neighborhood} needs more than {neighborhood} samples on each side, "
             f"got {generated.shape[0]} and {real.shape[0]}"
         )
+    from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+
     out = prc_features_to_metric(
         generated.float(), real.float(), prc_neighborhood=neighborhood, save_cpu_ram=True, verbose=False
     )

@@ -32,7 +32,6 @@ import socket
 
 import numpy as np
 import torch
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 
 from guided_diffusion.dist_util import resolve_device
 
@@ -54,6 +53,11 @@ SPATIAL_LAYER = "Mixed_6d.branch1x1"
 SPATIAL_CHANNELS = 7
 DOWNLOAD_TIMEOUT_S = 60
 WEIGHTS_ENV = "DEBIAS_ADM_INCEPTION_WEIGHTS"
+# torch-fidelity's release file (its URL_INCEPTION_V3), named here so that importing this module needs no
+# torch-fidelity: the GPU machines lack it, and only building the network does.
+URL_INCEPTION_V3 = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
 
 
 class LogitsUnavailableError(EvaluationError):
@@ -167,6 +171,8 @@ class InceptionFeatures:
             self.logits_missing = logits_missing_reason(self.weights_path)
             with_logits = False
         self.feature_names = [POOL_FEATURES, LOGITS] if with_logits else [POOL_FEATURES]
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
         try:
             extractor = FeatureExtractorInceptionV3(
                 TORCH_FIDELITY_EXTRACTOR, list(self.feature_names), feature_extractor_weights_path=self.weights_path

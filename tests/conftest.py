@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.tiny import TINY_MODEL_FLAGS
+from scripts.benchmarks.gpu_check_base import install_blobfile_shim
+
+# The GPU machines have no blobfile: the project's local-path stand-in, as gpu_check uses it.
+install_blobfile_shim()
+
+from tests.tiny import TINY_MODEL_FLAGS  # noqa: E402  (after the stand-in: it imports blobfile)
 
 
 def write_image_folder(root, names, size=(20, 24), seed=0):

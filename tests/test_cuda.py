@@ -10,6 +10,7 @@ the same float32 tolerance, and samples within one uint8 level.
 """
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -33,6 +34,7 @@ from tests.test_evaluations import (  # noqa: F401  (session fixtures: the conve
 )
 from tests.test_fast_paths import adamw_trajectories
 from tests.test_sampling import assert_same_up_to_rounding, run_library, sampling_flags, save_tiny_checkpoint
+from scripts.benchmarks.gpu_check_base import subprocess_env
 from tests.tiny import TINY_MODEL_FLAGS, flag_list, tiny_flags
 
 pytestmark = [
@@ -54,6 +56,18 @@ def exact_float32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def child_env(**extra):
+    """A child process's environment: the repository and, where this process uses it, the blobfile stand-in."""
+    return dict(subprocess_env(), **extra)
+
+
+def installed(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # hidden by tests/without_modules.py
+        return False
 
 
 def relative_rms(got, expected):
@@ -176,8 +190,8 @@ def test_fused_adamw_takes_the_default_steps_on_cuda():
 def torchrun_training(args, timeout=600):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
                str(REPO / "scripts" / "image_train.py")] + flag_list(TINY_MODEL_FLAGS) + [str(a) for a in args]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=REPO, env=child_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -255,7 +269,7 @@ def test_device_noise_on_cuda_is_the_same_for_any_batch_split():
 def test_sampling_on_cuda_gives_the_cpu_images_to_rounding(cuda_samples, tmp_path):
     flags = sampling_flags(cuda_samples["checkpoint"], tmp_path / "cpu")
     command = [sys.executable, str(REPO / "scripts" / "image_sample.py")] + flag_list(flags)
-    env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    env = child_env(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(tmp_path / "cpu" / "samples_10x8x8x3.npz") as data:
@@ -268,8 +282,7 @@ def test_one_and_two_gpus_write_the_same_npz_bytes(cuda_samples, tmp_path):
         flags = sampling_flags(cuda_samples["checkpoint"], tmp_path / str(nproc))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                    str(REPO / "scripts" / "image_sample.py")] + flag_list(flags)
-        result = subprocess.run(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
-                                text=True, timeout=300)
+        result = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
     one, two = (tmp_path / str(n) / "samples_10x8x8x3.npz" for n in (1, 2))
     assert one.read_bytes() == two.read_bytes()
@@ -321,6 +334,8 @@ def test_out_of_memory_probe_recovers_and_the_search_finds_a_batch():
 # ---- FID features -------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(not installed("torch_fidelity"), reason="needs torch-fidelity (not installed here): the FID "
+                    "Inception is its network; pip install --no-deps torch-fidelity, a pure-Python wheel")
 def test_fid_features_on_cuda_match_the_cpu(converted_weights, monkeypatch):  # noqa: F811
     from evaluations.inception import POOL_FEATURES, InceptionFeatures
 

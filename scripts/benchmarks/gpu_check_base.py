@@ -5,11 +5,13 @@ can be imported at all (the GPU machines have no blobfile; `install_blobfile_shi
 puts a local-path stand-in on the path first).
 """
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +21,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 SHIM_DIR = os.path.join(HERE, "blobfile_shim")
 STEPS_FILE = "steps.json"
+# What comes back from a lent GPU machine: at most 8 files, none more than two folders below the output folder.
+RETURNED_FILES_MAX = 8
+RETURNED_DEPTH_MAX = 2
+# Where a run command may carry ADM's checkout (an ignored third_party/ folder, or the carried shared/ tree).
+ADM_DIR_CANDIDATES = ("third_party/guided-diffusion", "shared/guided-diffusion", "shared/third_party/guided-diffusion")
+ADM_DIR_ENV = "DEBIAS_ADM_GUIDED_DIFFUSION"
 
 # What the check imports: hard ones abort it, optional ones are reported.
 HARD_MODULES = ("torch", "numpy", "PIL")
@@ -35,11 +43,44 @@ def write_json(path, value):
     os.replace(path + ".tmp", path)
 
 
-class Deadline:
-    """The end of one step's budget, on the runner's clock."""
+class StepFailed(Exception):
+    """A step that ran to its end but whose outcome is a failure; `result` is still recorded."""
 
-    def __init__(self, end, clock):
-        self.end, self.clock = end, clock
+    def __init__(self, message, result):
+        super().__init__(message)
+        self.result = result
+
+
+class StepTimeout(Exception):
+    """Raised inside a step by `time_limit` when its deadline passes."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    """Raise StepTimeout in this (main) thread after `seconds`, e.g. inside a torch.compile that outlives its row.
+
+    A timer signal, not a check between rows: a compile is one call that no row loop can interrupt.
+    """
+    if seconds <= 0:
+        raise StepTimeout("no time left")
+
+    def expire(signum, frame):
+        raise StepTimeout(f"did not finish within {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Deadline:
+    """The end of one step's budget, on the runner's clock; `report(partial)` records what a step has so far."""
+
+    def __init__(self, end, clock, report=lambda partial: None):
+        self.end, self.clock, self.report = end, clock, report
 
     def remaining(self):
         return self.end - self.clock()
@@ -52,8 +93,9 @@ class StepRunner:
     """Runs steps in order, each under min(its budget, what the whole run has left).
 
     A step whose budget is gone is recorded as skipped; one that raises is recorded
-    as failed with its traceback, and the next step runs. Records go to steps.json
-    after every step, so a run killed from outside still leaves what it finished.
+    as failed with its traceback, and the next step runs. Every step's result goes into
+    steps.json, the one results file (a step's partial result too, whenever it calls
+    `deadline.report`), so a run killed from outside still leaves what it measured.
     `clock` is injectable so that tests can move time without waiting.
     """
 
@@ -73,23 +115,66 @@ class StepRunner:
             record.update(status="skipped", reason=f"budget exhausted ({budget:.1f} s left)")
         else:
             start = self.clock()
+
+            def report(partial):
+                record.update(status="running", result=partial)
+                self._write(name, record)
+
             try:
-                record.update(status="ok", result=fn(Deadline(start + budget, self.clock)))
+                record.update(status="ok", result=fn(Deadline(start + budget, self.clock, report)))
+            except StepFailed as failure:
+                record.update(status="failed", error=str(failure), result=failure.result)
             except Exception as error:  # noqa: BLE001  (a failed step must not stop the others)
                 record.update(status="failed", error=f"{type(error).__name__}: {error}",
                               traceback=traceback.format_exc()[-4000:])
             record["seconds"] = round(self.clock() - start, 2)
             if record["status"] == "ok" and record["seconds"] > budget + 1:
                 record["overran_s"] = round(record["seconds"] - budget, 2)
+        self._write(name, record)
+        return record
+
+    def _write(self, name, record):
         self.records[name] = record
         write_json(os.path.join(self.out_dir, STEPS_FILE), list(self.records.values()))
-        return record
+
+    def failed(self):
+        return [r for r in self.records.values() if r["status"] == "failed"]
+
+
+def returned_file_problems(out_dir):
+    """What would not come back from the GPU machine: too many files, or files nested too deep (one line each)."""
+    files, too_deep = [], []
+    for root, _, names in os.walk(out_dir):
+        for name in names:
+            relative = os.path.relpath(os.path.join(root, name), out_dir)
+            files.append(relative)
+            if relative.count(os.sep) > RETURNED_DEPTH_MAX:
+                too_deep.append(relative)
+    problems = [f"{path} is more than {RETURNED_DEPTH_MAX} folders deep" for path in sorted(too_deep)]
+    if len(files) > RETURNED_FILES_MAX:
+        problems.append(f"{len(files)} files, at most {RETURNED_FILES_MAX} come back: {', '.join(sorted(files))}")
+    return problems
+
+
+def find_adm_dir(repo=REPO, environ=os.environ):
+    """ADM's checkout: $DEBIAS_ADM_GUIDED_DIFFUSION, else the first carried place that holds one (else the first place)."""
+    if environ.get(ADM_DIR_ENV):
+        return os.path.abspath(environ[ADM_DIR_ENV])
+    candidates = [os.path.join(repo, path) for path in ADM_DIR_CANDIDATES]
+    return next((path for path in candidates if is_adm_checkout(path)), candidates[0])
+
+
+def is_adm_checkout(path):
+    return os.path.isfile(os.path.join(path, "guided_diffusion", "train_util.py"))
 
 
 def install_blobfile_shim():
     """Put the local-path blobfile stand-in on the path if the real one is absent; True if it did."""
-    if importlib.util.find_spec("blobfile") is not None:
-        return False
+    try:
+        if importlib.util.find_spec("blobfile") is not None:
+            return False
+    except ImportError:  # a finder that hides the module (tests.without_modules) says so by raising
+        pass
     sys.path.insert(0, SHIM_DIR)
     importlib.invalidate_caches()
     return True
@@ -124,10 +209,8 @@ def prerequisites(require_cuda, adm_dir, min_free_gib=0.0):
     free = report["cuda"].get("free_gib")
     if require_cuda and free is not None and free < min_free_gib:
         report["missing"].append(f"CUDA: {free:.1f} GiB free, the check needs {min_free_gib}")
-    report["adm_checkout"] = dict(
-        path=adm_dir, present=os.path.isfile(os.path.join(adm_dir, "guided_diffusion", "train_util.py")),
-        commit=_git_commit(adm_dir),
-    )
+    report["adm_checkout"] = dict(path=adm_dir, present=is_adm_checkout(adm_dir), commit=_git_commit(adm_dir),
+                                  looked_in=[ADM_DIR_ENV] + list(ADM_DIR_CANDIDATES))
     return report
 
 

@@ -21,7 +21,7 @@ from guided_diffusion.run import fast_paths
 from guided_diffusion.image_ops import to_uint8_nhwc
 from guided_diffusion.script_util import create_model_and_diffusion, load_config, model_and_diffusion_defaults
 from guided_diffusion.train_util import TrainLoop
-from scripts.benchmarks.gpu_check_base import REPO, write_json
+from scripts.benchmarks.gpu_check_base import REPO
 from tests.tiny import TINY_8X8
 
 WEIGHTINGS = ("constant", "p2", "min_snr", "debias")
@@ -109,7 +109,11 @@ def sample(loop, flags, setup, device, noise_device, seed):
 
 
 def run(deadline, out, tiny, noise_device="", seed=0, sample_reserve_min_s=SAMPLE_RESERVE_MIN_S):
-    """The four runs under `deadline`; writes mini/<weighting>/samples_*.npz, mini/mini.json and FID_README.txt."""
+    """The four runs under `deadline`; writes mini/<weighting>/samples_*.npz and FID_README.txt, returns the record.
+
+    The record (per-run iterations, seconds and npz paths) goes into the check's steps.json, as it grows
+    (`deadline.report`): a file of its own would be one more than what comes back from a GPU machine.
+    """
     device = dist_util.dev()
     setup = settings(tiny, device.type)
     noise_device = noise.resolve_noise_device(noise_device, device.type)
@@ -118,7 +122,6 @@ def run(deadline, out, tiny, noise_device="", seed=0, sample_reserve_min_s=SAMPL
     record = dict(device=str(device), config="tests.tiny TINY_8X8" if tiny else os.path.relpath(CONFIG, REPO),
                   weightings=list(WEIGHTINGS), image_size=setup["flags"]["image_size"], seed=seed, noise_device=noise_device,
                   **{k: v for k, v in setup.items() if k != "flags"}, runs={})
-    summary_path = os.path.join(folder, "mini.json")
     start = time.monotonic()
     data = embedded_images(setup["num_images"], setup["flags"]["image_size"], device)
     record["data_seconds"] = round(time.monotonic() - start, 2)
@@ -143,11 +146,10 @@ def run(deadline, out, tiny, noise_device="", seed=0, sample_reserve_min_s=SAMPL
             status="ok", iterations=done, train_seconds=round(seconds, 2), images_seen=done * setup["batch"],
             sample_seconds=round(time.monotonic() - sample_start, 2), npz=os.path.join("mini", weighting, name))
         record["iterations"] = steps
-        write_json(summary_path, record)
-    write_json(summary_path, record)
+        deadline.report(record)
     with open(os.path.join(out, "FID_README.txt"), "w") as f:
         f.write(readme_text(record))
-    return dict(iterations=steps, runs={k: v["status"] for k, v in record["runs"].items()})
+    return record
 
 
 def readme_text(record):
