@@ -1,4 +1,5 @@
-"""Timestep samplers for training: uniform, importance sampling by the loss's second moment or by the loss weight.
+"""Timestep samplers for training: uniform, importance sampling by the loss's second moment or by the loss weight,
+and the field's noise-level densities (noise_levels.py), as importance samplers or as part of the objective.
 
 Every sampler draws t ~ p(t) and returns the importance weight 1 / (T p(t)),
 by which the training loop multiplies the per-sample loss, so that the
@@ -22,8 +23,10 @@ import torch as th
 import torch.distributed as dist
 
 
+from .noise_levels import density_sampler_names, parse_density_sampler
+
 UNIFORM = "uniform"
-SCHEDULE_SAMPLERS = (UNIFORM, "loss-second-moment", "loss-weight")
+SCHEDULE_SAMPLERS = (UNIFORM, "loss-second-moment", "loss-weight", *density_sampler_names())
 
 
 def check_schedule_sampler(name):
@@ -40,7 +43,10 @@ def create_named_schedule_sampler(name, diffusion):
         return UniformSampler(diffusion)
     if name == "loss-second-moment":
         return LossSecondMomentResampler(diffusion)
-    return LossWeightSampler(diffusion)
+    if name == "loss-weight":
+        return LossWeightSampler(diffusion)
+    density, importance = parse_density_sampler(name)
+    return NoiseLevelSampler(diffusion, name, density, importance)
 
 
 class ScheduleSampler(ABC):
@@ -91,6 +97,31 @@ class LossWeightSampler(ScheduleSampler):
 
     def weights(self):
         return self._weights
+
+
+class NoiseLevelSampler(ScheduleSampler):
+    """t drawn from a noise-level density (noise_levels.py), p(t) proportional to p(lambda_t) |lambda_t - lambda_(t-1)|.
+
+    With `importance` each draw carries 1/(T p(t)) and the objective stays uniform t's; without, it carries 1
+    and the density is part of the objective (effective epsilon weight T p(t) w(t)), as EDM, EDM2 and SD3 train.
+    """
+
+    def __init__(self, diffusion, name, density, importance):
+        self._weights = density.timestep_probabilities(diffusion.alphas_cumprod)
+        self.importance = importance
+        empty = np.flatnonzero(self._weights <= 0)
+        if importance and empty.size:
+            raise ValueError(
+                f"--schedule_sampler {name}: p(t) underflows to 0 at timestep {int(empty[0])}, where its importance "
+                "weight 1/(T p(t)) is infinite; use the density without -importance"
+            )
+
+    def weights(self):
+        return self._weights
+
+    def sample(self, batch_size, device):
+        indices, weights = super().sample(batch_size, device)
+        return indices, weights if self.importance else th.ones_like(weights)
 
 
 class LossAwareSampler(ScheduleSampler):

@@ -81,13 +81,78 @@ def debias(snr):
     return 1.0 / np.sqrt(snr)
 
 
+# The field's weightings beside the paper's (docs/weightings.md). Each is defined in its own paper's
+# space and returned as the weight on ADM's per-timestep epsilon error under uniform t, through
+# ||x0 - x0_hat||^2 = ||eps - eps_hat||^2 / SNR (Eq. 6) and, for a VE noise level, sigma = 1/sqrt(SNR).
+
+
+def edm(snr, sigma_data: POSITIVE = 0.5):
+    """Karras et al. 2022 (EDM), Eq. 8 / Table 1: lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2.
+
+    EDM weighs the denoiser's (x0) error at sigma = 1/sqrt(SNR); times the x0 error per epsilon
+    error, 1/SNR = sigma^2, that is 1 + 1 / (sigma_data^2 SNR) on the epsilon error.
+    """
+    return 1.0 + 1.0 / (sigma_data**2 * snr)
+
+
+def edm2(snr, sigma_data: POSITIVE = 0.5):
+    """Karras et al. 2024 (EDM2), EDM2Loss: EDM's lambda(sigma) / exp(u(sigma)) plus u(sigma), u learned.
+
+    The fixed part is EDM's weighting (1 + 1 / (sigma_data^2 SNR) on the epsilon error); the
+    learned log-variance u is trained with the network (learned_weighting.py) and is 0 at the start.
+    """
+    return edm(snr, sigma_data)
+
+
+def log_snr_intervals(snr):
+    """|lambda_t - lambda_(t-1)| for lambda = log SNR over t = 0..T-1 (t = 0 takes t = 1's interval).
+
+    `snr` is the SNR of every timestep in order. It is the width in log SNR that timestep t stands for
+    when an integral over lambda is read as a sum over ADM's discrete t.
+    """
+    log_snr = np.log(np.asarray(snr, dtype=np.float64))
+    if log_snr.size < 2:
+        return np.full_like(log_snr, np.nan)
+    steps = np.abs(np.diff(log_snr))
+    return np.concatenate([steps[:1], steps])
+
+
+# The bias takes any finite value: it only shifts the sigmoid along log SNR.
+def sigmoid(snr, sigmoid_bias: ANY_FINITE = -2.0):
+    """Kingma & Gao 2023, Sec. 5: w(lambda) = sigmoid(b - lambda), lambda = log SNR, times T |d lambda|.
+
+    Their loss is (1/2) E_{t~U(0,1)}[w(lambda_t) (-d lambda/dt) ||eps - eps_hat||^2], an integral over
+    lambda. ADM draws t uniformly from T discrete steps, so the same integral, as a sum over them, puts
+    T |lambda_t - lambda_(t-1)| w(lambda_t) on the epsilon error of step t (the 1/2 dropped, as ADM's
+    constant weighting drops it from the ELBO's).
+    """
+    log_snr = np.log(snr)
+    return len(snr) * log_snr_intervals(snr) / (1.0 + np.exp(log_snr - sigmoid_bias))
+
+
+def soft_min_snr(snr, soft_min_snr_gamma: POSITIVE = 4.0):
+    """Crowson et al. 2024 (HDiT), Sec. 5: x0 weight (1/SNR + 1/gamma)^-1, gamma/(gamma + SNR) on epsilon.
+
+    k-diffusion writes it 1 / (sigma^2 + sigma_data^2) on the denoiser's error, so gamma = sigma_data^-2
+    (4 for its sigma_data = 0.5).
+    """
+    return soft_min_snr_gamma / (soft_min_snr_gamma + snr)
+
+
 WEIGHT_SCHEDULES = {
     "constant": constant,
     "p2": p2,
     "min_snr": min_snr,
     "snr": inverse_snr,
     "debias": debias,
+    "edm": edm,
+    "edm2": edm2,
+    "sigmoid": sigmoid,
+    "soft_min_snr": soft_min_snr,
 }
+
+# Schedules whose weighting is partly learned during training (learned_weighting.py).
+LEARNED_SCHEDULES = ("edm2",)
 
 WEIGHT_SPACES = ("target", "eps")
 

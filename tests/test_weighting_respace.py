@@ -23,6 +23,12 @@ def test_each_weighting_equals_its_closed_form(t):
         "min_snr": min(snr, 5.0) / snr,
         "snr": 1.0 / snr,
         "debias": 1.0 / np.sqrt(snr),
+        # The field's (tests/test_field_weightings.py checks each against its source's own variable).
+        "edm": 1.0 + 4.0 / snr,
+        "edm2": 1.0 + 4.0 / snr,
+        "sigmoid": 1000 * abs(np.log(LINEAR_AC[max(t, 1) - 1] / (1 - LINEAR_AC[max(t, 1) - 1])) - np.log(
+            LINEAR_AC[max(t, 1)] / (1 - LINEAR_AC[max(t, 1)]))) / (1 + snr * np.exp(2.0)),
+        "soft_min_snr": 4.0 / (4.0 + snr),
     }
     assert set(expected) == set(WEIGHT_SCHEDULES)
     for name, value in expected.items():
@@ -167,6 +173,7 @@ def test_loss_second_moment_sampler_and_state_round_trip():
 def test_every_built_in_parameter_declares_its_range():
     assert {key: weighting.parameter_domain(key) for key in weighting.parameter_defaults()} == {
         "p2_k": weighting.POSITIVE, "p2_gamma": weighting.NON_NEGATIVE, "min_snr_gamma": weighting.POSITIVE,
+        "sigma_data": weighting.POSITIVE, "soft_min_snr_gamma": weighting.POSITIVE, "sigmoid_bias": weighting.ANY_FINITE,
     }
     for key, default in weighting.parameter_defaults().items():
         assert default in weighting.parameter_domain(key)
