@@ -38,6 +38,7 @@ from .run.checkpoint_flags import parse_allowed_changes, resume_flag_changes, we
 from .run.divergence import DivergenceWatch
 from .fp16_util import MixedPrecisionTrainer, fp16_fallback_note, resolve_precision
 from .image_datasets import load_data, shard_digest
+from .learned_weighting import FixedWeighting, for_training as weighting_for_training
 from .nn import update_ema
 from .resample import LossAwareSampler, UniformSampler, check_schedule_sampler, create_named_schedule_sampler
 from .run.retention import check_retention_flags, prune_checkpoints
@@ -164,6 +165,7 @@ class TrainLoop:
         stop_signals=None,
         fast_path_options=None,
         allow_changed_flags=_FLAG_DEFAULTS["allow_changed_flags"],
+        learned_weighting=None,
     ):
         if batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, got {batch_size}")
@@ -188,6 +190,7 @@ class TrainLoop:
         self.log_interval = log_interval
         self.save_interval = save_interval
         self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+        self.learned_weighting = learned_weighting or FixedWeighting()  # EDM2's u(sigma), learned_weighting.py
         self.timestep_errors = TimestepBinErrors(diffusion)
         self._step_mse = None
         self.lr_anneal_steps = lr_anneal_steps
@@ -224,6 +227,7 @@ class TrainLoop:
         fast_paths.prepare_training_model(model, self.fast_path_options)
         self.mp_trainer = MixedPrecisionTrainer(model=model, precision=precision, fp16_scale_growth=fp16_scale_growth)
         self.opt = fast_paths.make_adamw(self.mp_trainer.master_params, lr, weight_decay, self.fast_path_options.optimizer_impl)
+        self.learned_weighting.attach(self.opt, lr, weight_decay)
         self.ema_params = {rate: [p.detach().clone().float() for p in self.mp_trainer.master_params] for rate in self.ema_rates}
         self._last_saved_step = None
         if resume is not None:
@@ -273,6 +277,7 @@ class TrainLoop:
         logger.log(f"resuming from {resume.model_path} at step {resume.step}")
 
     def _load_training_state(self, resume):
+        self.learned_weighting.load_beside(resume)
         for rate in self.ema_rates:
             path = resume.ema_paths.get(str(float(rate)))
             if path is None:
@@ -341,6 +346,7 @@ class TrainLoop:
         timesteps, raw_losses, weighted_terms, finite = self.forward_backward(batch, cond)
         all_finite = dist_util.all_ranks_true(finite)
         took_step, grad_norm = self.mp_trainer.optimize(self.opt, skip=not all_finite)
+        self.learned_weighting.zero_grad()
         updates_before = self.step
         self.step += 1
         self.samples += self.global_batch
@@ -386,6 +392,7 @@ class TrainLoop:
             with sync:
                 with self.mp_trainer.autocast():
                     losses = self.diffusion.training_losses(self.ddp_model, micro, t, model_kwargs=micro_cond)
+                losses = self.learned_weighting.reweigh(losses, t)
                 # Microbatches are weighted by their share so the gradient is that of the batch mean.
                 loss = (losses["loss"].float() * weights).mean() * (micro.shape[0] / size)
                 finite = finite and bool(torch.isfinite(loss))
@@ -426,6 +433,7 @@ class TrainLoop:
         logger.logkv("skipped_steps", self._interval_skipped)
         if self.mp_trainer.precision == "fp16":
             logger.logkv("lg_loss_scale", self.mp_trainer.lg_loss_scale)
+        self.learned_weighting.log_curve()
         row = logger.dumpkvs()
         logger.log(self._progress_line(row))
         self._interval_steps = 0
@@ -483,7 +491,7 @@ class TrainLoop:
                     model_state=model_state,
                     ema_states={r: self.mp_trainer.master_params_to_state_dict(p) for r, p in self.ema_params.items()},
                     opt_state=self.opt.state_dict(),
-                    manifest=manifest,
+                    manifest=manifest, extra_states=self.learned_weighting.checkpoint_states(self.step),
                 )
             except KeyboardInterrupt:
                 newest = "none" if self._last_saved_step is None else f"step {self._last_saved_step}"
@@ -579,7 +587,7 @@ def _train(flags, log_dir, rank, world_size, parameters_note, stop_signals):
         data=data,
         **{key: flags[key] for key in _LOOP_FLAGS},
         precision=precision,
-        schedule_sampler=schedule_sampler,
+        schedule_sampler=schedule_sampler, learned_weighting=weighting_for_training(diffusion, precision),
         log_dir=log_dir,
         flags=flags,
         stop_signals=stop_signals,

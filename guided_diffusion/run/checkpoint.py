@@ -5,6 +5,7 @@ A checkpoint at step S in a log dir is ADM's three files plus a manifest written
     model{S:06d}.pt          plain model state_dict (float32), loadable by ADM
     ema_{rate}_{S:06d}.pt    plain state_dict of the EMA weights, one per rate
     opt{S:06d}.pt            optimizer state_dict
+    loss_weighting{S:06d}.pt with --weight_schedule edm2 only: the learned weighting (learned_weighting.py)
     checkpoint{S:06d}.json   step, samples seen, flags, world size, package version,
                              loss scale, schedule-sampler state, and the files above
                              with their sizes and sha256
@@ -37,7 +38,7 @@ from .atomic import atomic_torch_save, atomic_write_text, check_free_space, remo
 MANIFEST_FORMAT = "debias-adm-checkpoint"
 _MANIFEST_RE = re.compile(r"^checkpoint(\d+)\.json$")
 _MODEL_RE = re.compile(r"^model(\d+)\.pt$")
-_STEP_RE = re.compile(r"^(?:model|opt|ema_[0-9.eE+-]+_)(\d+)\.pt$")
+_STEP_RE = re.compile(r"^(?:model|opt|loss_weighting|ema_[0-9.eE+-]+_)(\d+)\.pt$")
 # Long key lists are cut so that the error stays one readable line.
 _MAX_KEYS_SHOWN = 10
 
@@ -237,8 +238,11 @@ def load_model_checkpoint(model, source, map_location="cpu"):
     return model
 
 
-def save_checkpoint(log_dir, step, *, model_state, ema_states, opt_state, manifest):
+def save_checkpoint(log_dir, step, *, model_state, ema_states, opt_state, manifest, extra_states=None):
     """Write the checkpoint set for `step` into `log_dir`; `ema_states` maps rate -> state dict.
+
+    `extra_states` maps a key of the manifest's `files` to (file name, state): a state of its own beside
+    ADM's files (the learned loss weighting's), named and hashed in the manifest like them.
 
     `manifest` holds the caller's extra fields (flags, sampler state, ...); file names,
     step, format and package version are added here. Returns the manifest's path.
@@ -254,6 +258,9 @@ def save_checkpoint(log_dir, step, *, model_state, ema_states, opt_state, manife
     states = {files["model"]: model_state}
     states.update({files["ema"][str(float(rate))]: state for rate, state in ema_states.items()})
     states[files["opt"]] = opt_state
+    for key, (name, state) in (extra_states or {}).items():
+        files[key] = name
+        states[name] = state
     check_free_space(log_dir, sum(tensor_bytes(s) for s in states.values()), f"the checkpoint at step {step}")
     written, complete = {}, False
     path = bf.join(log_dir, manifest_filename(step))
