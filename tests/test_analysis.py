@@ -126,7 +126,7 @@ def test_weight_curves_equal_the_registry_functions(tmp_path, monkeypatch, norma
     )
     assert_png(paths["png"])
     rows = read_csv(paths["csv"])
-    assert {r["schedule"] for r in rows} == set(WEIGHT_SCHEDULES)
+    assert {r["schedule"] for r in rows} == set(WEIGHT_SCHEDULES) | set(schedules.FIELD_RECIPES)
     snr = linear_alphas_cumprod() / (1.0 - linear_alphas_cumprod())
     expected = closed_form_weights(snr, p2_k=2.0, p2_gamma=0.5, min_snr_gamma=3.0)
     expected["half_snr"] = 0.5 * snr
