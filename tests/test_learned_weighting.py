@@ -87,3 +87,30 @@ def test_a_replaced_weighting_file_is_refused_in_one_line(tiny_model_flags, clas
         train({**flags, "max_steps": 3, "resume_checkpoint": "auto"})
     assert str(e.value).endswith("loss_weighting000002.pt does not match the sha256 its manifest records: corrupt or replaced")
     assert "\n" not in str(e.value)
+
+
+def test_learned_weights_figure_reads_u_beside_the_checkpoint(tiny_model_flags, class_image_folder, tmp_path):
+    from scripts.analysis import learned_weights
+    from tests.test_analysis import assert_png, read_csv
+
+    for run, extra in (("edm2", dict(schedule_sampler="edm2-lognormal")), ("debias", {})):
+        train(training_flags(tiny_model_flags, class_image_folder, tmp_path / run, weight_schedule=run, **extra))
+    specs = ",".join(f"{run}={tmp_path / run / 'ema_0.9999_000002.pt'}" for run in ("edm2", "debias"))
+    assert learned_weights.main(["--checkpoints", specs, "--out", str(tmp_path / "fig")]) == 0
+    assert_png(tmp_path / "fig.png")
+    rows = read_csv(tmp_path / "fig.csv")
+    diffusion = create_gaussian_diffusion(steps=100)
+    snr = diffusion.alphas_cumprod / (1 - diffusion.alphas_cumprod)
+    log_snr = np.log(snr)
+    # Independently: EDM's epsilon weight, EDM2's density in ln sigma = -log SNR / 2, u from the saved module.
+    widths = np.abs(np.diff(log_snr, prepend=2 * log_snr[0] - log_snr[1]))
+    density = np.exp(-0.5 * ((-log_snr / 2 + 0.4) / 1.0) ** 2) * widths
+    module = LearnedWeighting(diffusion).module
+    module.load_state_dict(torch.load(tmp_path / "edm2" / "loss_weighting000002.pt", weights_only=True))
+    with torch.no_grad():
+        u = module(torch.arange(100)).double().numpy()
+    expected = {"edm2": (1 + 4 / snr) * 100 * density / density.sum() / np.exp(u), "debias": 1 / np.sqrt(snr)}
+    for run, weight in expected.items():
+        mine = [r for r in rows if r["run"] == run]
+        np.testing.assert_allclose([float(r["weight"]) for r in mine], weight, rtol=1e-6)
+    assert learned_weights.main(["--checkpoints", f"x={tmp_path / 'none.pt'}"]) == 1
