@@ -2,15 +2,20 @@
 
 API (every helper also works before `setup_dist()` or after `cleanup()`, as one process):
 
-- `setup_dist(backend=None, device="")`: join the job's process group; idempotent. The launcher is
-  detected from the environment:
+- `setup_dist(backend=None, device="", timeout_minutes=DIST_TIMEOUT_MINUTES)`: join the job's process
+  group; idempotent. `timeout_minutes` (--dist_timeout) bounds every collective and barrier. The
+  launcher is detected from the environment:
     * torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
+    * srun launching the ranks itself: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, with
+      MASTER_ADDR and MASTER_PORT (the job's first node) naming where rank 0 listens. Checked
+      before MPI's variables: srun's PMIx plugin exports PMIX_RANK too;
     * MPI (mpich/Intel MPI: PMI_RANK/PMI_SIZE; Open MPI: OMPI_COMM_WORLD_RANK/SIZE; PMIx:
       PMIX_RANK; MVAPICH: MV2_COMM_WORLD_RANK): mpi4py is imported only then; rank 0
-      broadcasts its address (MASTER_ADDR if set, else its hostname's) and a free port, and the local rank comes from the ranks
+      broadcasts its address and a free port (`rendezvous_host`: MASTER_ADDR if set, checked to
+      resolve; 127.0.0.1 when every rank shares its node; else its hostname's address, or the
+      address of its outgoing interface where the name does not resolve or resolves to loopback),
+      or the reason it has none, which every rank then raises; the local rank comes from the ranks
       sharing this node;
-    * srun launching the ranks itself: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, with
-      MASTER_ADDR and MASTER_PORT (the job's first node) naming where rank 0 listens;
     * otherwise a single process, which still gets a one-member group on a free local
       port so that collective code paths (DDP, all_reduce) run unchanged.
   The backend is NCCL when CUDA is available (one GPU per local rank, selected with
@@ -38,6 +43,7 @@ API (every helper also works before `setup_dist()` or after `cleanup()`, as one 
   (skipping interpreter shutdown, which could wait on the group) and torchrun stops the rest.
 """
 
+import datetime
 import os
 import socket
 import sys
@@ -56,8 +62,17 @@ _BROADCAST_CHUNK_BYTES = 1 << 28
 
 _MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-# Checked after MPI: mpiexec inside a SLURM allocation leaves the batch step's SLURM_PROCID in every rank.
 _SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "MASTER_ADDR", "MASTER_PORT")
+# Set by mpiexec's own launchers, never by srun: mpiexec inside a SLURM allocation leaves the batch step's
+# SLURM_PROCID (and MASTER_ADDR from the job script) in every rank, srun --mpi=pmix exports PMIX_RANK.
+_MPIEXEC_ONLY_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+
+# --dist_timeout's default, minutes. The longest a rank waits idle in a collective is a sampling rank
+# that has finished while another draws its last batch (one batch is the imbalance the sample store
+# allows), or the checkpoint barrier behind it: one DDPM-1000 batch of 64 256x256 images in float32 on
+# a V100 is about 1000 x 2 s = 35 min; NCCL's own 10 min would end a 50K-sample run there. 120 min
+# leaves a margin of three, and still ends a truly hung job the same morning.
+DIST_TIMEOUT_MINUTES = 120
 
 # How often a rank checks that its launcher is still there.
 LAUNCHER_POLL_SECONDS = 1.0
@@ -72,14 +87,19 @@ def launcher():
     return _state["launcher"]
 
 
+def launch_flag_defaults():
+    """The flag the training and sampling scripts share for their process group."""
+    return dict(dist_timeout=DIST_TIMEOUT_MINUTES)
+
+
 def detect_launcher(environ=None):
     environ = os.environ if environ is None else environ
     if all(k in environ for k in _TORCHRUN_VARS):
         return "torchrun"
+    if all(k in environ for k in _SLURM_VARS) and not any(k in environ for k in _MPIEXEC_ONLY_VARS):
+        return "slurm"
     if any(k in environ for k in _MPI_RANK_VARS):
         return "mpi"
-    if all(k in environ for k in _SLURM_VARS):
-        return "slurm"
     return "single"
 
 
@@ -97,28 +117,80 @@ def _free_port():
         return s.getsockname()[1]
 
 
+class RendezvousError(OSError):
+    """The ranks cannot agree where rank 0 listens; raised on every rank, with rank 0's reason."""
+
+
+class PeerFailed(RuntimeError):
+    """Another rank (rank 0) failed and says so itself: this rank ends the job without a line of its own."""
+
+
+def _outgoing_address():
+    # A UDP connect sends nothing: it only asks the kernel which interface would route off this host.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1 (RFC 5737): routable in form, never answered
+        return s.getsockname()[0]
+
+
+def rendezvous_host(environ, single_node, resolve=socket.gethostbyname, hostname=socket.getfqdn,
+                    outgoing=_outgoing_address):
+    """Where rank 0 listens: an IPv4 address every rank can reach (see the module docstring); RendezvousError if none."""
+    given = environ.get("MASTER_ADDR")
+    if given:
+        try:
+            return resolve(given)
+        except OSError as error:
+            raise RendezvousError(f"MASTER_ADDR={given!r} does not resolve on rank 0 ({error})") from None
+    if single_node:
+        return "127.0.0.1"
+    name = hostname()
+    try:
+        address = resolve(name)
+    except OSError:
+        address = None
+    if address is None or address.startswith("127."):
+        # Debian-style /etc/hosts maps the hostname to 127.0.1.1, which other nodes cannot reach.
+        try:
+            address = outgoing()
+        except OSError as error:
+            raise RendezvousError(
+                f"rank 0's hostname {name!r} gives no address other nodes can reach ({address or 'it does not resolve'}) "
+                f"and no outgoing interface was found ({error}); set MASTER_ADDR to rank 0's address") from None
+    return address
+
+
 def _mpi_rendezvous():
-    """rank, world size, local rank and the init URL, agreed over MPI."""
+    """rank, world size, local rank and the init URL, agreed over MPI; every rank raises if rank 0 has none."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     rank, world_size = comm.Get_rank(), comm.Get_size()
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+    local_rank, single_node = node.Get_rank(), node.Get_size() == world_size
     if rank == 0:
-        # MASTER_ADDR overrides the hostname lookup on nodes whose name resolves to loopback.
-        host = os.environ.get("MASTER_ADDR") or socket.gethostbyname(socket.getfqdn())
-        address = (host, _free_port())
+        # Rank 0 always reaches the broadcast: a rank waiting there for an address that never comes would hang.
+        try:
+            message = ("ok", (rendezvous_host(os.environ, single_node), _free_port()))
+        except Exception as error:  # noqa: BLE001  (whatever it is, the other ranks must hear of it)
+            message = ("error", f"{type(error).__name__}: {error}" if not isinstance(error, RendezvousError) else str(error))
     else:
-        address = None
-    host, port = comm.bcast(address, root=0)
-    local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank).Get_rank()
+        message = None
+    kind, payload = comm.bcast(message, root=0)
+    if kind == "error":
+        raise RendezvousError(payload) if rank == 0 else PeerFailed(f"rank 0 failed the rendezvous: {payload}")
+    host, port = payload
     return rank, world_size, local_rank, f"tcp://{host}:{port}"
 
 
-def setup_dist(backend=None, device=""):
+def setup_dist(backend=None, device="", timeout_minutes=DIST_TIMEOUT_MINUTES):
     """Join the process group of however this job was launched (see the module docstring)."""
     if dist.is_initialized():
         return
+    if not timeout_minutes > 0:
+        raise ValueError(f"--dist_timeout must be a positive number of minutes, got {timeout_minutes}")
     kind = detect_launcher()
+    # Known before the rendezvous, so that a failure during it ends every rank (`abort`), not only this one.
+    _state.update(launcher=kind)
     if kind == "torchrun":
         rank = int(os.environ["RANK"])
         world_size = int(os.environ["WORLD_SIZE"])
@@ -136,8 +208,9 @@ def setup_dist(backend=None, device=""):
         backend = "nccl" if cuda else "gloo"
     if cuda:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
-    _state.update(launcher=kind, local_rank=local_rank, cuda=cuda)
+    dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(minutes=timeout_minutes))
+    _state.update(local_rank=local_rank, cuda=cuda)
     _state["report"] = device_health.describe(rank, world_size, local_rank, dev(), backend, kind)
     if kind != "single":
         # A plain process may outlive its shell on purpose (nohup); a rank has no use without its launcher.
@@ -303,8 +376,17 @@ def cleanup():
     _state.update(launcher=None, local_rank=0, cuda=None, report=None)
 
 
-def abort(exit_code=1):
-    """End the whole job from this rank (see the module docstring); never returns."""
+def in_job_of_several_ranks():
+    """True in a launched job of more than one rank, from the moment `setup_dist` starts joining it."""
+    return get_world_size() > 1 or _state["launcher"] not in (None, "single")
+
+
+def abort(exit_code=1, quiet=False):
+    """End the whole job from this rank (see the module docstring); never returns.
+
+    `quiet`: another rank has said why and ends the job itself; this one waits a moment for that
+    first (so that its line, not this rank's kill, is what the user sees), then ends the job anyway.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
     if _state["launcher"] == "mpi":
@@ -312,6 +394,6 @@ def abort(exit_code=1):
 
         # mpiexec relays a rank's output through its proxy, which MPI_Abort may kill
         # before the error line just printed got through.
-        time.sleep(ABORT_GRACE_SECONDS)
+        time.sleep(ABORT_GRACE_SECONDS * (6 if quiet else 1))
         MPI.COMM_WORLD.Abort(exit_code)
     os._exit(exit_code)

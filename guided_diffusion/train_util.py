@@ -81,6 +81,7 @@ def training_defaults():
         keep_every=0,
         allow_changed_flags="",
         device="",
+        **dist_util.launch_flag_defaults(),
         **fast_paths.training_flag_defaults(),
     )
 

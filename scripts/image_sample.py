@@ -33,7 +33,7 @@ def parse_flags(argv):
 def main(argv=None):
     def run():
         flags = checkpoint_flags.sampling_flags(*parse_command_line(sys.argv[1:] if argv is None else argv))
-        dist_util.setup_dist(device=flags["device"])
+        dist_util.setup_dist(device=flags["device"], timeout_minutes=flags["dist_timeout"])
         try:
             with preemption.raise_on_stop_signals():
                 result = sampling.sample_to_dir(flags)

@@ -33,7 +33,7 @@ def parse_flags(argv):
 def main(argv=None):
     def run():
         flags, given = parse_command_line(sys.argv[1:] if argv is None else argv)
-        dist_util.setup_dist(device=flags["device"])
+        dist_util.setup_dist(device=flags["device"], timeout_minutes=flags["dist_timeout"])
         loop = train(flags, given)
         is_main = dist_util.is_main()
         dist_util.cleanup()

@@ -8,6 +8,7 @@ documents its flags where it declares them.
 
 from .. import samplers, weighting
 from . import fast_paths
+from ..dist_util import DIST_TIMEOUT_MINUTES
 from ..fp16_util import PRECISIONS
 from ..targets import TARGETS
 
@@ -48,6 +49,10 @@ DIFFUSION_HELP = dict(
 # Training and sampling read these two flags the same way.
 PRECISION_HELP = f"{', '.join(PRECISIONS)}; default fp32, or fp16 with --use_fp16 True on a device with fast float16"
 DEVICE_HELP = "cuda or cpu; empty picks cuda when available (a rank without the GPU it needs stops the job)"
+DIST_TIMEOUT_HELP = (
+    f"minutes a rank waits in a collective or barrier before the job fails (default {DIST_TIMEOUT_MINUTES}: one "
+    "DDPM-1000 batch behind the others, with margin; NCCL's own is 10)"
+)
 
 TRAINING_HELP = dict(
     data_dir="folder (or gs://, az:// URL) of training images, searched recursively",
@@ -80,6 +85,7 @@ TRAINING_HELP = dict(
         "from its checkpoint's, e.g. to fine-tune; the change is recorded in the new manifests (default: none, refused)"
     ),
     device=DEVICE_HELP,
+    dist_timeout=DIST_TIMEOUT_HELP,
 )
 
 SAMPLING_HELP = dict(
@@ -99,6 +105,7 @@ SAMPLING_HELP = dict(
     "CPU's); default device on CUDA",
     shard="this task's share of the indices, 0 .. --num_shards - 1 (SLURM array tasks)",
     num_shards="independent tasks sampling into one --out_dir; the last to finish merges",
+    dist_timeout=DIST_TIMEOUT_HELP,
 )
 
 

@@ -56,6 +56,10 @@ def run_main(body, prog, user_errors=(), exit_code=1):
         print(f"{prefix}interrupted" + (f" {detail}" if detail else ""), file=sys.stderr, flush=True)
         _end(130)
         return 130
+    except dist_util.PeerFailed:
+        # Rank 0 prints the line and ends the job: one line for the job, not one per rank.
+        _end(exit_code, quiet=True)
+        return exit_code
     except Exception as error:
         line = failure_line(error, user_errors)
         if line is None:
@@ -67,7 +71,8 @@ def run_main(body, prog, user_errors=(), exit_code=1):
     return 0 if status is None else status
 
 
-def _end(exit_code):
-    if dist_util.get_world_size() > 1:
-        dist_util.abort(exit_code)
+def _end(exit_code, quiet=False):
+    # Also before the process group exists: other ranks may be waiting in the rendezvous.
+    if dist_util.in_job_of_several_ranks():
+        dist_util.abort(exit_code, quiet=quiet)
     dist_util.cleanup()
