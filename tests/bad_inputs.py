@@ -6,7 +6,7 @@ no traceback and no new output file. Run as a module, each case runs in its
 own process against a source tree (default: this one), and the census the
 reliability issue asks for is printed: tried, one-line answers, tracebacks,
 hangs, accepted, data lost, other. The evaluation and dataset cases, and the
-newer ones, are in tests/bad_inputs_more.py (`all_cases()` joins them):
+newer ones, are in tests/bad_inputs_more.py and tests/bad_inputs_third.py (`all_cases()` joins them):
 
     python -m tests.bad_inputs [--tree DIR] [--timeout 60]
 """
@@ -440,10 +440,11 @@ def run_in_process(case, argv):
 
 
 def all_cases():
-    """The cases of this module and of tests/bad_inputs_more.py (imported here: it builds on this one)."""
-    from tests import bad_inputs_more
+    """The cases of this module, of tests/bad_inputs_more.py and of tests/bad_inputs_third.py (imported here:
+    they build on this one)."""
+    from tests import bad_inputs_more, bad_inputs_third
 
-    return CASES + bad_inputs_more.CASES
+    return CASES + bad_inputs_more.CASES + bad_inputs_third.CASES
 
 
 def file_states(root):
