@@ -183,3 +183,26 @@ def test_unknown_density_sampler_lists_the_densities():
     with pytest.raises(ValueError) as e:
         create_named_schedule_sampler("edm-normal", create_gaussian_diffusion(steps=100))
     assert "'edm-lognormal'" in str(e.value) and "'laplace-importance'" in str(e.value)
+
+
+@pytest.mark.parametrize("t", [10, 100, 500, 900, 999])
+def test_debias_for_a_v_model_is_sqrt_snr_over_snr_plus_one_not_one_over_sqrt_snr_plus_one(t):
+    """The v-space weight that keeps the paper's objective (1/sqrt(SNR) on the epsilon error), from a v
+    model's own errors: v = alpha eps - sigma x0 and x0 = alpha x_t - sigma v (Salimans & Ho 2022)."""
+    from guided_diffusion.targets import to_x0_and_eps
+
+    g = th.Generator().manual_seed(t)
+    x0, eps = th.rand(2, 3, 8, 8, generator=g, dtype=th.float64), th.randn(2, 3, 8, 8, generator=g, dtype=th.float64)
+    alpha, sigma = math.sqrt(LINEAR_AC[t]), math.sqrt(1 - LINEAR_AC[t])
+    x_t = alpha * x0 + sigma * eps
+    v_hat = alpha * eps - sigma * x0 + 0.2 * th.randn(x0.shape, generator=g, dtype=th.float64)
+    x0_hat, eps_hat = to_x0_and_eps("v", v_hat, x_t, alpha, sigma)
+    v_error = th.mean((v_hat - (alpha * eps - sigma * x0)) ** 2)
+    paper = th.mean((eps_hat - eps) ** 2) / math.sqrt(SNR[t])
+    w_v = LossWeighting.from_flags("debias", "eps").weights(LINEAR_AC, "v")[t]
+    assert w_v == pytest.approx(math.sqrt(SNR[t]) / (SNR[t] + 1), rel=1e-12)
+    assert float(w_v * v_error) == pytest.approx(float(paper), rel=1e-9)
+    # 1/sqrt(SNR + 1) = sigma is a v model's x0 amplification (x0 - x0_hat = sigma (v_hat - v)), another objective.
+    assert float(th.mean((x0_hat - x0) ** 2)) == pytest.approx(float(sigma**2 * v_error), rel=1e-9)
+    ratio = (1 / math.sqrt(SNR[t] + 1)) / w_v
+    assert ratio == pytest.approx(math.sqrt(SNR[t] + 1) / math.sqrt(SNR[t]), rel=1e-12)
