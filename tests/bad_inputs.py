@@ -391,6 +391,10 @@ FLAG_CASES = [
     ("train_p2_k_is_negative", TRAIN, "--weight_schedule p2 --p2_k -1", "--p2_k -1|p2_k > 0"),
     ("train_p2_gamma_is_negative", TRAIN, "--weight_schedule p2 --p2_gamma -1", "--p2_gamma -1|p2_gamma >= 0|[0, inf)"),
     ("train_p2_gamma_is_nan", TRAIN, "--weight_schedule p2 --p2_gamma nan", "--p2_gamma nan|p2_gamma >= 0"),
+    ("train_edm_sigma_data_is_zero", TRAIN, "--weight_schedule edm --sigma_data 0", "--sigma_data 0|sigma_data > 0"),
+    ("train_soft_min_snr_gamma_is_negative", TRAIN, "--weight_schedule soft_min_snr --soft_min_snr_gamma -4",
+     "--soft_min_snr_gamma -4|> 0"),
+    ("train_unknown_noise_level_density", TRAIN, "--schedule_sampler edm-normal", "'edm-normal'|'edm-lognormal'"),
     ("train_num_channels_is_zero", TRAIN, "--num_channels 0", "--num_channels 0|positive"),
     ("train_num_channels_is_negative", TRAIN, "--num_channels -32", "--num_channels -32|positive"),
     ("train_channel_mult_too_deep", TRAIN, "--channel_mult 1,1,2,2,4,4", "--channel_mult 1,1,2,2,4,4|--image_size 16|at most 5"),
@@ -436,7 +440,10 @@ def check_applicable(case):
 def run_in_process(case, argv):
     import importlib
 
-    return importlib.import_module(case.module).main(list(argv))
+    try:
+        return importlib.import_module(case.module).main(list(argv))
+    except SystemExit as refused:  # argparse's refusal of a command line
+        return refused.code
 
 
 def all_cases():
