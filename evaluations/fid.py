@@ -51,11 +51,13 @@ from .ref_stats import (
 from .registry import ADM_DEFAULTS, DEFAULT_RESULTS, append_result
 from .run_metadata import fields_from_run_files
 from .sources import open_image_source
+from guided_diffusion.run.command_line import ArgumentParser
 
 
 log = logging.getLogger(__name__)
 
-RUN_FIELDS = ("dataset", "weight_schedule", "pred", "schedule_sampler", "iterations", "sampler", "steps", "checkpoint_hash")
+RUN_FIELDS = ("dataset", "weight_schedule", "pred", "schedule_sampler", "train_seed", "iterations", "sampler", "steps",
+              "checkpoint_hash")
 
 
 def evaluate(
@@ -198,6 +200,7 @@ def registry_record(samples, ref, metrics, fields, date=None):
         "weight_schedule": fields["weight_schedule"],
         "pred": fields["pred"],
         "schedule_sampler": fields["schedule_sampler"],
+        "train_seed": fields["train_seed"],
         "iterations": fields["iterations"],
         "sampler": fields["sampler"],
         "steps": fields["steps"],
@@ -237,7 +240,7 @@ def format_metrics(metrics):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", required=True, help="statistics npz (mu, sigma) or reference images")
     parser.add_argument("--samples", required=True, help="ADM samples npz, sample-batch folder or image folder")
     parser.add_argument(
@@ -265,6 +268,7 @@ def build_parser():
     registry.add_argument("--weight_schedule", default=None)
     registry.add_argument("--pred", default=None, choices=TARGETS, help="prediction target")
     registry.add_argument("--schedule_sampler", default=None, help="training's timestep sampler (uniform: ADM's)")
+    registry.add_argument("--train_seed", type=int, default=None, help="training's --seed (default 0)")
     registry.add_argument("--iterations", type=int, default=None, help="training iterations of the checkpoint")
     registry.add_argument("--sampler", default=None)
     registry.add_argument("--steps", type=int, default=None, help="sampling steps")

@@ -23,6 +23,7 @@ RESULT_FIELDS = (
     "weight_schedule",
     "pred",
     "schedule_sampler",
+    "train_seed",
     "iterations",
     "sampler",
     "steps",
@@ -42,10 +43,13 @@ RESULT_FIELDS = (
 # What identifies one evaluation cell; a cell evaluated again is represented by its latest record.
 # The timestep sampler is part of a cell: a run with importance-sampled t is another model of the
 # same weighting, and must not replace the uniform one's line.
-CELL_FIELDS = ("dataset", "weight_schedule", "pred", "schedule_sampler", "iterations", "sampler", "steps", "num_samples")
+# The training seed is part of a cell too: a second seed of a weighting is a second sample of it.
+CELL_FIELDS = ("dataset", "weight_schedule", "pred", "schedule_sampler", "train_seed", "iterations", "sampler", "steps",
+               "num_samples")
 
-# ADM's choices, for records that leave a field null (lines written before a field existed included).
-ADM_DEFAULTS = {"pred": "eps", "sampler": "ddpm", "schedule_sampler": "uniform"}
+# ADM's choices, for records that leave a field null (lines written before a field existed included);
+# a training seed left null is --seed's default.
+ADM_DEFAULTS = {"pred": "eps", "sampler": "ddpm", "schedule_sampler": "uniform", "train_seed": 0}
 
 
 @contextlib.contextmanager

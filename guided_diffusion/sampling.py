@@ -255,6 +255,7 @@ def run_record(flags, checkpoint_sha256, method=None):
         weight_schedule=training_flags.get("weight_schedule"),
         pred=target_from_flags(flags["predict_xstart"], flags["predict_v"]),
         schedule_sampler=training_flags.get("schedule_sampler"),
+        train_seed=training_flags.get("seed"),
         iterations=iterations,
         sampler=flags["sampler"],
         steps=(method or samplers.resolve_method(flags)).steps,

@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from evaluations.registry import latest
+from evaluations.registry import CELL_FIELDS, latest
 from guided_diffusion.resample import UNIFORM
 
 from .readings import BASELINE, RESOLVED_SIGMAS
@@ -25,12 +25,12 @@ def curve_cells(records, dataset, last=None):
     from .plan import Run
 
     curves = {}
-    for (_, weighting, pred, timesteps, iterations, sampler, steps, _), record in latest(
-        [r for r in records if r.get("dataset") == dataset]
-    ).items():
-        if iterations is None:
+    for cell, record in latest([r for r in records if r.get("dataset") == dataset]).items():
+        field = dict(zip(CELL_FIELDS, cell))
+        if field["iterations"] is None:
             continue
-        curves.setdefault((sampler, steps), {}).setdefault(Run(weighting, pred, timesteps).name, {})[int(iterations)] = record
+        by_run = curves.setdefault((field["sampler"], field["steps"]), {})
+        by_run.setdefault(Run.of_cell(field).name, {})[int(field["iterations"])] = record
     return {
         setting: runs for setting, runs in curves.items()
         if max(len(points) for points in runs.values()) > 1

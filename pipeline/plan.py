@@ -49,6 +49,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
 from guided_diffusion import samplers
 from guided_diffusion.resample import UNIFORM, check_schedule_sampler
 from guided_diffusion.targets import DEFAULT_TARGET, check_target
+from guided_diffusion.train_util import training_defaults
 from guided_diffusion.weighting import check_weight_schedule
 
 from .launch import REPO_ROOT
@@ -69,42 +70,63 @@ def resolve_config_path(path):
     return in_checkout if os.path.exists(in_checkout) else path
 
 
+DEFAULT_SEED = training_defaults()["seed"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One trained model: a weighting, a prediction target and a timestep sampler.
+    """One trained model: a weighting, a prediction target, a timestep sampler and a training seed.
 
-    Written `weighting[@target][+schedule_sampler]`, e.g. "debias", "constant@x0", "debias+loss-weight";
-    the sampler is part of the name only where it is not ADM's uniform one.
+    Written `weighting[@target][+schedule_sampler][#seedN]`, e.g. "debias", "constant@x0",
+    "debias+loss-weight", "p2#seed1"; the sampler and the seed are part of the name only where they are
+    not ADM's uniform one and --seed's default.
     """
 
     weight_schedule: str
     target: str = DEFAULT_TARGET
     schedule_sampler: str = UNIFORM
+    seed: int = DEFAULT_SEED
 
     @property
     def name(self):
         name = self.weight_schedule if self.target == DEFAULT_TARGET else f"{self.weight_schedule}@{self.target}"
-        return name if self.schedule_sampler == UNIFORM else f"{name}+{self.schedule_sampler}"
+        name = name if self.schedule_sampler == UNIFORM else f"{name}+{self.schedule_sampler}"
+        return name if self.seed == DEFAULT_SEED else f"{name}#seed{self.seed}"
 
     @property
     def dir_name(self):
         name = self.weight_schedule if self.target == DEFAULT_TARGET else f"{self.target}_{self.weight_schedule}"
-        return name if self.schedule_sampler == UNIFORM else f"{name}+{self.schedule_sampler}"
+        name = name if self.schedule_sampler == UNIFORM else f"{name}+{self.schedule_sampler}"
+        return name if self.seed == DEFAULT_SEED else f"{name}_seed{self.seed}"
+
+    @property
+    def first_seed(self):
+        """The same model trained from --seed's default: what another seed of it is a repetition of."""
+        return dataclasses.replace(self, seed=DEFAULT_SEED)
+
+    @classmethod
+    def of_cell(cls, field):
+        """The run a results cell ({CELL_FIELDS name: value}) evaluated."""
+        return cls(field["weight_schedule"], field["pred"], field["schedule_sampler"], int(field["train_seed"]))
 
     @classmethod
     def parse(cls, text, where):
-        model, _, timesteps = str(text).partition("+")
+        body, hash_sign, seed_text = str(text).partition("#")
+        model, _, timesteps = body.partition("+")
         weighting, _, target = model.partition("@")
+        digits = seed_text[len("seed"):] if seed_text.startswith("seed") else ""
+        if hash_sign and not (digits.isascii() and digits.isdigit()):
+            raise PlanError(f"{where}: run {text!r}: the seed is written #seedN with N a whole number, e.g. 'debias#seed1'")
         try:
             return cls(check_weight_schedule(weighting), check_target(target or DEFAULT_TARGET),
-                       check_schedule_sampler(timesteps or UNIFORM))
+                       check_schedule_sampler(timesteps or UNIFORM), int(digits) if hash_sign else DEFAULT_SEED)
         except ValueError as err:
             raise PlanError(f"{where}: run {text!r}: {err}") from None
 
 
 # Set per run by the grid (`runs = ["debias", "constant@x0", ...]`); a [train] value would give every
 # run the same objective under different labels.
-PER_RUN_KEYS = ("weight_schedule", "predict_xstart", "predict_v")
+PER_RUN_KEYS = ("weight_schedule", "predict_xstart", "predict_v", "seed")
 
 
 def _check_train_table(train, where):
@@ -116,7 +138,7 @@ def _check_train_table(train, where):
     per_run = sorted(k for k in train if k in PER_RUN_KEYS)
     if per_run:
         raise PlanError(
-            f"{where}: [train] {', '.join(per_run)} is set per run by 'runs' (e.g. runs = [\"debias\", \"constant@x0\"]); "
+            f"{where}: [train] {', '.join(per_run)} is set per run by 'runs' (e.g. runs = [\"debias\", \"constant@x0\", \"p2#seed1\"]); "
             "remove it from [train]"
         )
     unknown = sorted(set(train) - set(image_train_defaults()))

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 
 from analyses.color_shift import ROUGH_PERCENTILE
-from evaluations.registry import latest
+from evaluations.registry import CELL_FIELDS, latest
 
 BASELINE = "constant"
 INITIAL = "Initial"
@@ -81,11 +81,10 @@ def fid_cells(records, dataset, iterations=None):
     from .plan import Run
 
     cells = {}
-    for (_, weighting, pred, timesteps, at, sampler, steps, _), record in latest(
-        [r for r in records if r.get("dataset") == dataset]
-    ).items():
-        if iterations is None or at == iterations:
-            cells[(Run(weighting, pred, timesteps).name, sampler, steps)] = record
+    for cell, record in latest([r for r in records if r.get("dataset") == dataset]).items():
+        field = dict(zip(CELL_FIELDS, cell))
+        if iterations is None or field["iterations"] == iterations:
+            cells[(Run.of_cell(field).name, field["sampler"], field["steps"])] = record
     return cells
 
 

@@ -15,7 +15,7 @@ from analyses.color_shift import ROUGH_PERCENTILE
 from evaluations.registry import read_results
 from guided_diffusion.run.atomic import atomic_write_text
 
-from . import curves, readings
+from . import curves, readings, seeds
 from .plan import load_plan, resolve_config_path
 from .runner import FINISHED_PREFIX
 from .stages import expand
@@ -174,7 +174,10 @@ def write_report(plan_path, root, out_dir):
     if progress:
         parts += [progress, ""]
     lines = [line for (sampler, steps), by_run in sorted(trained.items()) for line in curves.curve_lines(sampler, steps, by_run, runs)]
-    lines += readings.headline(runs, colour, mse_means, x0_means, fid, reference.spread if reference else 0.0)
+    groups = seeds.seed_groups(ds.runs)
+    # With several seeds, FID and KID are read by the seed-aware rule alone, not also one run at a time.
+    lines += readings.headline(runs, colour, mse_means, x0_means, {} if groups else fid, reference.spread if reference else 0.0)
+    lines += seeds.seed_lines(fid, groups)
     if lines:
         parts += ["## What the numbers show", ""]
         if trained and (colour or x0_means or mse_means or fid):
@@ -236,7 +239,21 @@ def write_report(plan_path, root, out_dir):
             "random halves. Small sample sets bias FID upwards by the same amount for every column, so compare "
             "columns, not the paper's values.",
             "",
-            fid_table(fid, runs),
+            fid_table(fid, [run.name for run in ds.runs if run == run.first_seed] if groups else runs),
+            "",
+        ]
+    if groups and fid:
+        parts += [
+            f"## Training seeds at {last:,} iterations",
+            "",
+            "Each weighting trained from every seed listed (other initial weights, noise and data order; the "
+            "samples' noise is the same for every model). Seed std: the standard deviation over seeds; bootstrap "
+            "std: the mean over seeds of one run's bootstrap standard deviation (KID: spread over subsets). A run's "
+            "uncertainty is the larger of the two (last column); a difference of one run from another is resolved "
+            f"beyond {readings.RESOLVED_SIGMAS:g} x hypot of the two uncertainties, a difference of means over n "
+            "seeds beyond that divided by sqrt(n).",
+            "",
+            seeds.seed_table(fid, groups),
             "",
         ]
     parts += _figures(plan, out_dir, stale)

@@ -16,6 +16,8 @@ from guided_diffusion.targets import target_flags
 from guided_diffusion.train_util import image_train_defaults
 from guided_diffusion.weighting import parameter_owners
 
+from .plan import DEFAULT_SEED
+
 # Every stage runs an entry point by module (`python -m ...`), whatever the working directory.
 MODULES = {
     "prepare": "datasets.prepare",
@@ -150,6 +152,8 @@ def expand(plan):
             train_flags.update(target_flags(run.target))
             if run.schedule_sampler != UNIFORM:
                 train_flags["schedule_sampler"] = run.schedule_sampler
+            if run.seed != DEFAULT_SEED:
+                train_flags["seed"] = run.seed
             # Training is one stage per checkpoint that is sampled, each resuming the one before, so
             # that the early checkpoints are sampled and evaluated while training goes on.
             train_names = {}
