@@ -21,6 +21,9 @@ from .runner import FINISHED_PREFIX
 from .stages import expand
 
 
+RESULTS_COPY = "results.jsonl"
+
+
 def _read_csv(path):
     if not os.path.exists(path):
         return []
@@ -154,7 +157,8 @@ def write_report(plan_path, root, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     ds = plan.datasets[0]
     runs = [run.name for run in ds.runs]
-    records = read_results(plan.under_root("results", "results.jsonl"), missing_ok=True)
+    results = plan.under_root("results", "results.jsonl")
+    records = read_results(results, missing_ok=True)
     last = max(ds.iterations)
     fid = readings.fid_cells(records, ds.name, iterations=last)
     trained = curves.curve_cells(records, ds.name, last)
@@ -259,6 +263,9 @@ def write_report(plan_path, root, out_dir):
     parts += _figures(plan, out_dir, stale)
     parts += _time_section(plan.root)
     parts += [plan.report.get("outro", "").strip(), ""]
+    if os.path.exists(results):
+        # The numbers behind the report travel with it: its tables can be remade without the run's files.
+        atomic_write_text(os.path.join(out_dir, RESULTS_COPY), open(results).read())
     path = os.path.join(out_dir, "README.md")
     atomic_write_text(path, "\n".join(parts).replace("\n\n\n", "\n\n"))
     return path
