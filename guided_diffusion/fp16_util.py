@@ -125,14 +125,29 @@ class MixedPrecisionTrainer:
         with torch.no_grad():
             return math.sqrt(float(sum(torch.linalg.vector_norm(p.float()) ** 2 for p in self.master_params)))
 
-    def optimize(self, opt, skip=False):
-        """Step `opt` unless the gradients (or the caller, with `skip`) say not to.
+    def grad_square_sum(self):
+        """The sum of squares of the unscaled gradients as a 0-d tensor on the device (nothing read back).
 
-        Returns (took_step, grad_norm); grad_norm is of the unscaled gradients.
+        For `optimize(..., checked=True)`: the caller folds its finiteness into one host read of its own.
         """
         self._master_grads()
-        grad_norm = self.grad_norm()
-        if skip or not math.isfinite(grad_norm):
+        squares = [torch.linalg.vector_norm(p.grad.float()) ** 2 for p in self.master_params if p.grad is not None]
+        return torch.stack(squares).sum() if squares else torch.zeros((), device=self.master_params[0].device)
+
+    def optimize(self, opt, skip=False, checked=False):
+        """Step `opt` unless the gradients (or the caller, with `skip`) say not to.
+
+        Returns (took_step, grad_norm); grad_norm is of the unscaled gradients. With `checked` the
+        caller has called `grad_square_sum()` and put its finiteness into `skip`: nothing is read
+        from the device here, and grad_norm is None.
+        """
+        if checked:
+            grad_norm, finite = None, True
+        else:
+            self._master_grads()
+            grad_norm = self.grad_norm()
+            finite = math.isfinite(grad_norm)
+        if skip or not finite:
             if self.precision == "fp16":
                 self.lg_loss_scale -= 1
             self.zero_grad()

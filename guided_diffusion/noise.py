@@ -17,6 +17,8 @@ Two sources with the same seeding, sample i's generator seeded by `sample_seed(s
 import numpy as np
 import torch as th
 
+from .run.host_sync import to_device
+
 NOISE_DEVICES = ("cpu", "device")
 
 
@@ -42,7 +44,8 @@ class IndexedNoise:
         if x.shape[0] != len(self.generators):
             raise ValueError(f"batch of {x.shape[0]} but noise for {len(self.generators)} indices")
         rows = [th.randn(tuple(x.shape[1:]), generator=g) for g in self.generators]
-        return th.stack(rows).to(device=x.device, dtype=x.dtype)
+        # Pinned and non-blocking: a blocking copy would wait for the GPU to finish the step before.
+        return to_device(th.stack(rows), x.device).to(dtype=x.dtype)
 
 
 class DeviceIndexedNoise:
@@ -63,7 +66,7 @@ class DeviceIndexedNoise:
         out = th.empty(tuple(x.shape), device=self.device)
         for row, generator in zip(out, self.generators):
             th.randn(tuple(x.shape[1:]), generator=generator, device=self.device, out=row)
-        return out.to(device=x.device, dtype=x.dtype)
+        return out.to(device=x.device, dtype=x.dtype, non_blocking=True)
 
 
 def resolve_noise_device(value, device_type):

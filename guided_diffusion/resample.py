@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 
 from .noise_levels import density_sampler_names, parse_density_sampler
+from .run.host_sync import to_device
 
 UNIFORM = "uniform"
 SCHEDULE_SAMPLERS = (UNIFORM, "loss-second-moment", "loss-weight", *density_sampler_names())
@@ -61,8 +62,9 @@ class ScheduleSampler(ABC):
         w = self.weights()
         p = w / np.sum(w)
         indices_np = np.random.choice(len(p), size=(batch_size,), p=p)
-        indices = th.from_numpy(indices_np).long().to(device)
-        weights = th.from_numpy(1 / (len(p) * p[indices_np])).float().to(device)
+        # Non-blocking copies: a blocking one waits for the GPU to finish the previous step.
+        indices = to_device(th.from_numpy(indices_np).long(), th.device(device))
+        weights = to_device(th.from_numpy(1 / (len(p) * p[indices_np])).float(), th.device(device))
         return indices, weights
 
     def state_dict(self):

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import dist_util, logger
-from .run import fast_paths, preemption, run_lock
+from .run import fast_paths, host_sync, preemption, progress, run_lock
 from .run.checkpoint import (
     CheckpointError,
     check_resume_file_name,
@@ -253,6 +253,7 @@ class TrainLoop:
         self._interval_steps = 0
         self._interval_skipped = 0
         self._interval_start = time.time()
+        self.deferred_log = host_sync.DeferredLog()
 
     # -- resuming -----------------------------------------------------------------------
 
@@ -290,7 +291,9 @@ class TrainLoop:
         if resume.opt_path is None:
             logger.warn(f"no optimizer file for step {resume.step}; starting AdamW from scratch")
         else:
-            opt_state = dist_util.load_state_dict(resume.opt_path, map_location=dist_util.dev())
+            # On the CPU: load_state_dict moves each state tensor to its parameter's device but leaves AdamW's `step`
+            # where it is, as torch keeps it for a fresh optimizer; on the GPU every step would read it back.
+            opt_state = dist_util.load_state_dict(resume.opt_path, map_location="cpu")
             try:
                 self.opt.load_state_dict(opt_state)
             except (ValueError, KeyError) as e:
@@ -329,14 +332,13 @@ class TrainLoop:
         while not self._done():
             batch, cond = next(self.data)
             self.run_step(batch, cond)
+            if self.stopped_by_signal:
+                logger.log(f"stopping at step {self.step}: a rank received {self.stop_signals.signal_name or 'a stop signal'}")
+                break
             if self.step % self.log_interval == 0:
                 self.log_interval_stats()
             if self.step % self.save_interval == 0:
                 self.save()
-            if self.stop_signals is not None and preemption.any_rank_requested(self.stop_signals):
-                self.stopped_by_signal = True
-                logger.log(f"stopping at step {self.step}: a rank received {self.stop_signals.signal_name or 'a stop signal'}")
-                break
         if self._interval_steps:
             self.log_interval_stats()
         if self._last_saved_step != self.step:
@@ -345,8 +347,13 @@ class TrainLoop:
     def run_step(self, batch, cond):
         self._anneal_lr()
         timesteps, raw_losses, weighted_terms, finite = self.forward_backward(batch, cond)
-        all_finite = dist_util.all_ranks_true(finite)
-        took_step, grad_norm = self.mp_trainer.optimize(self.opt, skip=not all_finite)
+        square_sum, all_finite, stop = host_sync.step_decision(self.mp_trainer, finite, self.stop_signals)
+        if stop:  # this step is dropped: the run stops at the boundary where a rank saw the request, as all agree
+            self.stopped_by_signal = True
+            self.mp_trainer.zero_grad()
+            self.learned_weighting.zero_grad()
+            return None
+        took_step, _ = self.mp_trainer.optimize(self.opt, skip=not all_finite, checked=True)
         self.learned_weighting.zero_grad()
         updates_before = self.step
         self.step += 1
@@ -359,9 +366,7 @@ class TrainLoop:
                 update_ema(params, self.mp_trainer.master_params, rate=ema_decay(rate, updates_before, self.ema_warmup))
             if isinstance(self.schedule_sampler, LossAwareSampler):
                 self.schedule_sampler.update_with_local_losses(timesteps, raw_losses)
-            self._log_losses(timesteps, weighted_terms)
-            self.timestep_errors.log(timesteps, self._step_mse)
-            logger.logkv_mean("grad_norm", grad_norm)
+            self.deferred_log.add(progress.log_step, self, timesteps, self._step_mse, square_sum, weighted_terms)
             return True
         self._consecutive_nonfinite += 1
         self._interval_skipped += 1
@@ -380,9 +385,9 @@ class TrainLoop:
     def forward_backward(self, batch, cond):
         """Backward of the batch-mean loss; returns (t, losses, importance-weighted terms, finite?)."""
         device = dist_util.dev()
-        batch = batch.to(device)
-        cond = {k: v.to(device) for k, v in cond.items()}
-        all_t, all_losses, all_terms, all_mse, finite = [], [], {}, [], True
+        batch = host_sync.to_device(batch, device)
+        cond = {k: host_sync.to_device(v, device) for k, v in cond.items()}
+        all_t, all_losses, all_terms, all_mse, finite = [], [], {}, [], torch.ones((), dtype=torch.bool, device=device)
         size = batch.shape[0]
         for start in range(0, size, self.microbatch):
             micro = batch[start : start + self.microbatch]
@@ -396,14 +401,14 @@ class TrainLoop:
                 losses = self.learned_weighting.reweigh(losses, t)
                 # Microbatches are weighted by their share so the gradient is that of the batch mean.
                 loss = (losses["loss"].float() * weights).mean() * (micro.shape[0] / size)
-                finite = finite and bool(torch.isfinite(loss))
+                finite = finite & torch.isfinite(loss)
                 self.mp_trainer.backward(loss)
             all_t.append(t.detach())
             all_losses.append(losses["loss"].detach().float())
             if "mse" in losses:
                 all_mse.append(losses["mse"].detach().float())
             for key, value in losses.items():
-                all_terms.setdefault(key, []).append((value.detach().float() * weights).cpu())
+                all_terms.setdefault(key, []).append(value.detach().float() * weights)
         terms = {k: torch.cat(v) for k, v in all_terms.items()}
         self._step_mse = torch.cat(all_mse) if all_mse else None  # unweighted, for the per-band errors
         return torch.cat(all_t), torch.cat(all_losses), terms, finite
@@ -425,6 +430,7 @@ class TrainLoop:
     def log_interval_stats(self):
         """Write one row of interval statistics; every rank calls this together."""
         elapsed = max(time.time() - self._interval_start, 1e-9)
+        self.deferred_log.flush()
         logger.logkv("step", self.step)
         logger.logkv("samples", self.samples)
         logger.logkv("steps_per_sec", self._interval_steps / elapsed)
@@ -436,20 +442,11 @@ class TrainLoop:
             logger.logkv("lg_loss_scale", self.mp_trainer.lg_loss_scale)
         self.learned_weighting.log_curve()
         row = logger.dumpkvs()
-        logger.log(self._progress_line(row))
+        logger.log(progress.progress_line(self.step, self._last_step(), row))
         self._interval_steps = 0
         self._interval_skipped = 0
         self._interval_start = time.time()
         return row
-
-    def _progress_line(self, row):
-        """One line after each table, so that a stage's log ends with how far it is (the pipeline shows it)."""
-        last = self._last_step()
-        rate = row.get("steps_per_sec") or 0.0
-        where = f"step {self.step}" if last is None else f"step {self.step}/{last} ({100 * self.step / last:.0f}%)"
-        eta = f", about {(last - self.step) / rate / 60:.1f} min left" if last is not None and rate > 0 else ""
-        loss = f", loss {row['loss']:.4g}" if "loss" in row else ""
-        return f"training {where}, {rate:.2f} steps/s{loss}{eta}"
 
     # -- checkpoints --------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Stopping cleanly when the cluster asks: SIGTERM (preemption, scancel) or SIGUSR1 (SLURM's
 `--signal=B:USR1@120`, sent before the time limit).
 
-Training records the signal and looks at the next step boundary, where no collective is in
-flight. A signal may reach the ranks at different times, so they agree with an all-reduce
-there: if any rank has one, every rank stops at that same step, the checkpoint is written,
+Training records the signal and looks at it in the next step's one collective (host_sync.agree,
+with the step's finiteness). A signal may reach the ranks at different times, so they agree
+there: if any rank has one, every rank drops that step and stops at the boundary before it, the
+checkpoint is written,
 and the script exits with REQUEUE_EXIT_CODE, which the generated SLURM job turns into
 `scontrol requeue`; the requeued job resumes with `--resume_checkpoint auto`.
 
@@ -14,8 +15,6 @@ real name.
 
 import signal
 import threading
-
-from .. import dist_util
 
 # sysexits' EX_TEMPFAIL: "a temporary failure; the user is invited to retry".
 REQUEUE_EXIT_CODE = 75
@@ -64,11 +63,6 @@ class StopSignals(_Handlers):
     @property
     def requested(self):
         return self.signal_name is not None
-
-
-def any_rank_requested(stop):
-    """True on every rank iff some rank's `stop` has a signal; a collective, call on every rank together."""
-    return not dist_util.all_ranks_true(not stop.requested)
 
 
 def raise_on_stop_signals():
