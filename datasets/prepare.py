@@ -17,10 +17,11 @@ from datasets import (
     GENERATED_DATASETS,
     prepare_dataset,
 )
+from guided_diffusion.run.command_line import ArgumentParser
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help=f"one of: {', '.join(sorted(DATASET_MODULES))}")
     parser.add_argument("paths", nargs="+", metavar="path", help="<source> <out_dir>; for embedded only <out_dir>")
     parser.add_argument(

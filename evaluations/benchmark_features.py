@@ -16,6 +16,7 @@ import torch
 
 from .errors import EvaluationError
 from .inception import InceptionFeatures
+from guided_diffusion.run.command_line import ArgumentParser
 
 
 def images_per_second(inception, size, num_images, batch_size, seed=0):
@@ -33,7 +34,7 @@ def images_per_second(inception, size, num_images, batch_size, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="32,256", help="comma-separated square input sizes")
     parser.add_argument("--num_images", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=32)

@@ -28,6 +28,7 @@ import torch
 from guided_diffusion.run.atomic import atomic_torch_save
 
 from .errors import EvaluationError, MissingInputError
+from guided_diffusion.run.command_line import ArgumentParser
 
 TORCH_FIDELITY_EXTRACTOR = "inception-v3-compat"
 CONVERTED_WEIGHTS_NAME = "pt_inception-2015-12-05-fid.pth"
@@ -147,7 +148,7 @@ def convert_fid_inception(source_path, out_path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--source",
         default=None,

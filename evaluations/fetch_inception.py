@@ -20,6 +20,7 @@ import urllib.request
 from guided_diffusion.run.atomic import check_writable
 
 from .errors import EvaluationError
+from guided_diffusion.run.command_line import ArgumentParser
 
 URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
@@ -72,7 +73,7 @@ def fetch(out, url=URL, expected_sha256=SHA256, timeout=TIMEOUT_S):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="where to write the weights (.pth)")
     parser.add_argument("--url", default=URL, help="download from this mirror instead (same SHA-256 required)")
     args = parser.parse_args(argv)

@@ -35,6 +35,7 @@ from .features import DEFAULT_BATCH_SIZE, extract_features, feature_statistics
 from .frechet import gaussian_statistics
 from .inception import POOL_FEATURES, SPATIAL_FEATURES, InceptionFeatures
 from .sources import FirstImages, open_image_source
+from guided_diffusion.run.command_line import ArgumentParser
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def reference_feature_statistics(path, inception_factory, batch_size=DEFAULT_BAT
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="image folder, ADM samples .npz, sample-batch folder or prepared dataset dir")
     parser.add_argument("out", help="output .npz with keys mu, sigma (pool) and mu_s, sigma_s (spatial, for sFID)")
     parser.add_argument("--inception_weights", default=None, help="torch-fidelity Inception state dict")

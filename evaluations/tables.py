@@ -31,6 +31,7 @@ from guided_diffusion.run.atomic import atomic_write_text
 from . import published
 from .errors import EvaluationError
 from .registry import CELL_FIELDS, DEFAULT_RESULTS, read_results, recency, record_value
+from guided_diffusion.run.command_line import ArgumentParser
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +431,7 @@ def parse_iterations(text):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="results registry (JSON lines)")
     parser.add_argument("--out_dir", default=DEFAULT_OUT_DIR)
     parser.add_argument("--format", default=",".join(FORMATS), help="comma-separated subset of md,tex,csv")

@@ -15,6 +15,7 @@ from .run.flag_help import model_and_diffusion_help
 from .respace import SpacedDiffusion, space_timesteps
 from .targets import mean_type, target_from_flags
 from .unet import UNetModel
+from .run.command_line import ArgumentParser
 
 # ADM's per-resolution channel multipliers when --channel_mult is empty.
 DEFAULT_CHANNEL_MULT = {
@@ -422,7 +423,7 @@ def parse_flags_and_given(parser, defaults, argv, sections=None):
 
 def named_on_command_line(defaults, argv):
     """The keys of `defaults` that `argv` sets, however spelled (`--key v`, `--key=v`, an abbreviation)."""
-    probe = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    probe = ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     probe.add_argument("--config")
     for key in defaults:
         probe.add_argument(f"--{key}")
@@ -431,7 +432,7 @@ def named_on_command_line(defaults, argv):
 
 
 def _parse_with_config(parser, defaults, argv, sections):
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     config_values = load_config(known.config, defaults, sections) if known.config else {}
@@ -447,7 +448,7 @@ def create_argparser(defaults, description=None, help_texts=None):
     """
     if help_texts is None:
         help_texts = model_and_diffusion_help()
-    parser = argparse.ArgumentParser(description=description)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--config", default=None, help="TOML file of flag values; flags given here override it")
     add_dict_to_argparser(parser, defaults, help_texts)
     return parser

@@ -8,10 +8,11 @@ import sys
 
 from pipeline import PlanError
 from pipeline.report import write_report
+from guided_diffusion.run.command_line import ArgumentParser
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("plan")
     parser.add_argument("--root", default=None, help="the plan's root folder (default: the plan's own)")
     parser.add_argument("--out", required=True, help="folder for README.md and its figures")

@@ -8,10 +8,11 @@ import argparse
 import sys
 
 from pipeline import LAUNCHERS, PlanError, reproduce
+from guided_diffusion.run.command_line import ArgumentParser
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("plan", help="a TOML plan, e.g. configs/plans/paper.toml")
     parser.add_argument(
         "--dry-run", action="store_true", help="list the stages, whether each is done, and their commands (slurm: also write the jobs)"

@@ -158,8 +158,9 @@ def sample_removed_flag_sampling_steps(m, d, hold):
 
 
 @case(TRAIN)
-def train_lr_negative_in_scientific_notation(m, d, hold):
-    return training_argv(m.data, d / "run", "--lr", "-1e-3"), ["--lr -0.001", "> 0"]
+def train_negative_value_in_scientific_notation(m, d, hold):
+    argv = training_argv(m.data, d / "run", "--weight_schedule", "p2", "--p2_gamma", "-1e-3")
+    return argv, ["--p2_gamma -0.001", "p2_gamma >= 0"]
 
 
 @case(TRAIN)

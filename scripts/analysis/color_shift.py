@@ -11,10 +11,11 @@ import sys
 
 from analyses.color_shift import run
 from scripts.analysis import run_command
+from guided_diffusion.run.command_line import ArgumentParser
 
 
 def command(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--samples", required=True,
         help="comma-separated name[:T]=path entries, e.g. constant:2=samples_constant_T2.npz",

@@ -10,10 +10,11 @@ import sys
 
 from analyses.fid_curves import DEFAULT_RESULTS, run
 from scripts.analysis import run_command
+from guided_diffusion.run.command_line import ArgumentParser
 
 
 def command(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="the results registry (JSON lines)")
     parser.add_argument("--dataset", default=None, help="required when the registry holds several datasets")
     parser.add_argument("--sampler", default=None, help="only results of this sampler")

@@ -10,10 +10,11 @@ import sys
 from analyses.flags import checkpoint_specs
 from analyses.learned_weights import run
 from scripts.analysis import run_command
+from guided_diffusion.run.command_line import ArgumentParser
 
 
 def command(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoints", required=True, help="comma-separated run=path pairs of checkpoints with manifests")
     parser.add_argument("--out", default=None, help="output prefix or directory (default: results/analysis/learned_weights)")
     args = parser.parse_args(argv)

@@ -8,10 +8,11 @@ import sys
 
 from analyses.schedules import run_snr_curves
 from scripts.analysis import run_command
+from guided_diffusion.run.command_line import ArgumentParser
 
 
 def command(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--schedules", default="linear,cosine", help="comma-separated noise schedules")
     parser.add_argument("--diffusion_steps", type=int, default=1000)
     parser.add_argument("--out", default=None, help="output prefix or directory (default: results/analysis/snr_curves)")

@@ -12,11 +12,12 @@ from analyses.schedules import NORMALIZATIONS, run_weight_curves
 from guided_diffusion import weighting
 from guided_diffusion.script_util import diffusion_defaults
 from scripts.analysis import run_command
+from guided_diffusion.run.command_line import ArgumentParser
 
 
 def command(argv):
     defaults = diffusion_defaults()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--noise_schedule", default=defaults["noise_schedule"])
     parser.add_argument("--diffusion_steps", type=int, default=defaults["diffusion_steps"])
     for name, owners in weighting.parameter_owners().items():

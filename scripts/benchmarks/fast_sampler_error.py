@@ -26,6 +26,7 @@ from guided_diffusion.sampling import sampling_defaults
 from guided_diffusion.script_util import create_gaussian_diffusion
 from guided_diffusion.solvers.unipc import VARIANTS, sample_unipc
 from tests.gaussian_oracle import ExactGaussianModel, GaussianData, GivenStart
+from guided_diffusion.run.command_line import ArgumentParser
 
 SOLVERS = [  # (label, solver, order, solver options)
     ("DDIM (DPM-Solver++ 1)", sample_dpm_solver_pp, 1, {}),
@@ -104,7 +105,7 @@ def parse_steps(text):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noise_schedule", default="linear", choices=["linear", "cosine"])
     parser.add_argument("--skip_type", default="logSNR", choices=SKIP_TYPES)
     parser.add_argument("--steps", type=parse_steps, default=[5, 10, 20], help="numbers of model evaluations")

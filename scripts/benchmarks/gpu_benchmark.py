@@ -38,6 +38,7 @@ from guided_diffusion.script_util import (
 from guided_diffusion.train_util import TrainLoop
 from scripts.benchmarks import measure
 from tests.tiny import TINY_MODEL_FLAGS
+from guided_diffusion.run.command_line import ArgumentParser
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DDIM_STEPS = 50
@@ -45,7 +46,7 @@ COMPILE_SETTINGS = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=os.path.join(REPO, "configs", "ffhq.toml"), help="model/diffusion flags (TOML)")
     parser.add_argument("--tiny", action="store_true", help="the tiny test UNet (16x16) instead of --config: a CPU check")
     parser.add_argument("--batch_size", type=int, default=8, help="training images per step (the paper's batch on one GPU)")

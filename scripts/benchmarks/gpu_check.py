@@ -17,6 +17,7 @@ import sys
 import time
 
 from scripts.benchmarks import gpu_check_base as base
+from guided_diffusion.run.command_line import ArgumentParser
 
 DEFAULT_BUDGETS = dict(prereqs=30, cuda_tests=150, train=150, sample=60, mini=None)
 TINY_BUDGETS = dict(prereqs=30, cuda_tests=40, train=20, sample=20, mini=None)
@@ -34,7 +35,7 @@ def parse_budgets(text, defaults):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", ""), help="result folder (default: $OUT)")
     parser.add_argument("--tiny", action="store_true", help="tiny models, 1-2 steps, on whatever device: a CPU check")
     parser.add_argument("--total_s", type=float, default=None, help=f"whole-run budget (default {DEFAULT_TOTAL_S})")

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from guided_diffusion import sampling
+from guided_diffusion.run.command_line import ArgumentParser
 
 CHILD = """
 import resource, sys, time
@@ -67,7 +68,7 @@ def check_merged(out_path, batch_dir, num_samples):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_samples", type=int, default=20000)
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=64)

@@ -19,6 +19,7 @@ import torch
 
 from guided_diffusion import sampling
 from guided_diffusion.script_util import create_model_and_diffusion, load_config, model_and_diffusion_defaults
+from guided_diffusion.run.command_line import ArgumentParser
 
 SETTINGS = [  # (label, sampler, timestep_respacing)
     ("DDPM-100", "ddpm", "100"),
@@ -27,7 +28,7 @@ SETTINGS = [  # (label, sampler, timestep_respacing)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.toml", help="model/diffusion flags (TOML)")
     parser.add_argument("--num_samples", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=32)

@@ -20,6 +20,7 @@ import torch
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import create_model_and_diffusion
 from tests.tiny import tiny_flags
+from guided_diffusion.run.command_line import ArgumentParser
 
 SCHEDULES = ("debias", "p2", "min_snr")
 SAMPLERS = ("uniform", "loss-weight")
@@ -70,7 +71,7 @@ def gradient_variance(grads):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=400, help="batches for the loss variance")
     parser.add_argument("--grad_batches", type=int, default=60, help="batches for the gradient variance (0: skip)")
     parser.add_argument("--batch_size", type=int, default=8)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from tests.tiny import TINY_MODEL_FLAGS, flag_list
+from guided_diffusion.run.command_line import ArgumentParser
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_MODEL = flag_list(TINY_MODEL_FLAGS)
@@ -59,7 +60,7 @@ def measure(launcher, ranks, data_dir, work_dir, args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", default="1,2", help="comma list of process counts")
     parser.add_argument("--launcher", choices=("mpiexec", "torchrun"), default="mpiexec")
     parser.add_argument("--batch_size", type=int, default=4, help="per rank")
