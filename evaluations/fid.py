@@ -21,7 +21,10 @@ before sFID was recorded). sFID is ADM's spatial FID (evaluations.inception).
 Samples whose resolution differs from the reference's are refused (Inception
 resizes both to 299, so such an FID measures the resizing), unless
 `--allow_resolution_mismatch`; reference statistics that do not record their
-resolution (older files, ADM's) are accepted with a warning.
+resolution (older files, ADM's) are accepted with a warning. Features are computed in float32
+with TF32 off on every device; reference statistics record the device they were computed on
+(`feature_arithmetic`), and a reference from another device than the samples' features gets one
+warning line (not a refusal: with TF32 off the devices' features differ by float32 rounding).
 """
 
 import argparse
@@ -42,6 +45,7 @@ from .features import DEFAULT_BATCH_SIZE, extract_features, feature_statistics
 from .frechet import bootstrap_frechet_distance, frechet_distance, gaussian_statistics
 from .inception import LOGITS, POOL_FEATURES, SPATIAL_FEATURES, WEIGHTS_ENV, InceptionFeatures
 from .ref_stats import (
+    arithmetic_mismatch,
     default_statistics_cache_dir,
     holds_statistics,
     load_features,
@@ -112,6 +116,7 @@ def evaluate(
         ref_statistics = reference_feature_statistics(ref, network, batch_size, cache_dir, progress)
     ref_mu, ref_sigma = ref_statistics[POOL_FEATURES]
     inception = network()
+    mixed_arithmetic = arithmetic_mismatch(ref, inception)
 
     metrics = {"is": None, "is_std": None, "kid": None, "kid_std": None, "precision": None, "recall": None,
                "fid_std": None, "sfid": None, "missing": {}}
@@ -149,9 +154,9 @@ def evaluate(
         log.warning("sFID not computed: %s", metrics["missing"]["sfid"])
     metrics["num_samples"] = count
     metrics["inception_weights"] = inception.weights_path
-    if unchecked_resolution:
-        # Last, so that a failure after it still ends in its one line.
-        log.warning(unchecked_resolution)
+    for note in (unchecked_resolution, mixed_arithmetic):
+        if note:  # last, so that a failure after it still ends in its one line
+            log.warning(note)
     return metrics
 
 

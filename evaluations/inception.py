@@ -145,8 +145,23 @@ def logits_missing_reason(weights_path):
     )
 
 
+@contextlib.contextmanager
+def exact_float32():
+    """TF32 off for cuDNN convolutions and matmuls, restored after: PyTorch turns it on for convolutions by default,
+    and the FID network's float32 is then a 10-bit-mantissa product on an Ampere or newer GPU, unlike the CPU's."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 class InceptionFeatures:
     """The FID Inception on a device; `__call__` maps a uint8 NHWC batch to {feature name: float32 array}.
+
+    `arithmetic` names what the features were computed with ("cpu float32", "cuda float32"; TF32 is
+    always off), which reference statistics record and the FID compares.
 
     The features are the pool features, ADM's spatial (sFID) features and, with
     `with_logits`, the logits. Weights without logits raise LogitsUnavailableError
@@ -156,6 +171,7 @@ class InceptionFeatures:
 
     def __init__(self, weights_path=None, device=None, with_logits=False, require_logits=True):
         self.device = resolve_device(device)
+        self.arithmetic = f"{self.device.type} float32"
         self.weights_path = resolve_inception_weights(weights_path)
         state = _load_state_dict(self.weights_path)
         self.has_logits = bool(torch.isfinite(state["fc.weight"]).all())
@@ -193,12 +209,20 @@ class InceptionFeatures:
         # NHWC flattening, as ADM's evaluator reshapes its TF (NHWC) tensor: statistics stay comparable with its files.
         self._spatial.append(output[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(output.shape[0], -1).float())
 
+    def to_batch(self, images):
+        """uint8 array (N, H, W, 3) -> uint8 tensor (N, 3, H, W) on the device."""
+        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
+
+    def forward(self, batch):
+        """({name: features on the device}, the spatial features on the device) of a `to_batch` batch."""
+        self._spatial.clear()
+        with torch.inference_mode(), exact_float32():
+            outputs = self.extractor(batch)
+        return dict(zip(self.feature_names, outputs)), self._spatial.pop()
+
     def __call__(self, images):
         """images: uint8 array (N, H, W, 3) -> {name: float32 array (N, D)}."""
-        batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
-        self._spatial.clear()
-        with torch.inference_mode():
-            outputs = self.extractor(batch)
-        features = {name: out.float().cpu().numpy() for name, out in zip(self.feature_names, outputs)}
-        features[SPATIAL_FEATURES] = self._spatial.pop().cpu().numpy()
+        outputs, spatial = self.forward(self.to_batch(images))
+        features = {name: out.float().cpu().numpy() for name, out in outputs.items()}
+        features[SPATIAL_FEATURES] = spatial.cpu().numpy()
         return features

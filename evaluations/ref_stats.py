@@ -46,15 +46,19 @@ KEYS_OF_FEATURES = {POOL_FEATURES: STATISTICS_KEYS, SPATIAL_FEATURES: SPATIAL_ST
 FEATURES_KEY = "features"
 IMAGE_SIZE_KEY = "image_size"
 EXTRACTOR_KEY = "feature_extractor"
+# The device and precision the features were computed with (InceptionFeatures.arithmetic), e.g. "cuda float32".
+ARITHMETIC_KEY = "feature_arithmetic"
 
 
 def default_statistics_cache_dir():
     return os.path.join(default_cache_dir(), "ref_stats")
 
 
-def save_statistics(path, mu, sigma, num_images, features=None, spatial=None, image_size=None, extractor=None):
+def save_statistics(path, mu, sigma, num_images, features=None, spatial=None, image_size=None, extractor=None,
+                    arithmetic=None):
     """mu, sigma (float64), the spatial (mu_s, sigma_s) when given, and the pool features (float32, N x D) that
-    KID and bootstraps need when given; `image_size` (height, width) and `extractor` identify what they measure."""
+    KID and bootstraps need when given; `image_size` (height, width), `extractor` and `arithmetic` identify what
+    they measure and how."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     arrays = dict(mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), num_images=num_images)
@@ -66,6 +70,8 @@ def save_statistics(path, mu, sigma, num_images, features=None, spatial=None, im
         arrays[IMAGE_SIZE_KEY] = np.asarray(tuple(image_size)[:2], np.int64)
     if extractor is not None:
         arrays[EXTRACTOR_KEY] = np.array(str(extractor))
+    if arithmetic is not None:
+        arrays[ARITHMETIC_KEY] = np.array(str(arithmetic))
     with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
 
@@ -154,9 +160,26 @@ def load_features(path):
         return np.asarray(contents[FEATURES_KEY], dtype=np.float32)
 
 
+def arithmetic_mismatch(ref, inception):
+    """One line when the statistics npz `ref` records features computed with other arithmetic than `inception`'s.
+
+    A warning, not a refusal: with TF32 off the devices' float32 features differ by rounding only, far
+    less than FID differences that matter, but a comparison across papers' numbers should know it.
+    """
+    if not (str(ref).endswith(".npz") and os.path.isfile(ref)) or ARITHMETIC_KEY not in npz_keys(ref):
+        return None
+    with np.load(ref) as contents:
+        recorded = str(contents[ARITHMETIC_KEY])
+    if recorded == inception.arithmetic:
+        return None
+    return (f"reference {ref!r} was computed in {recorded}, the samples' features in {inception.arithmetic}: "
+            f"the FID mixes the two (rewrite the reference with evaluations.ref_stats --device "
+            f"{inception.device.type} to compare like with like)")
+
+
 def statistics_cache_key(source, inception):
     weights = inception.weights_path
-    identity = f"{source.fingerprint()}|{os.path.basename(weights)}|{os.path.getsize(weights)}"
+    identity = f"{source.fingerprint()}|{os.path.basename(weights)}|{os.path.getsize(weights)}|{inception.arithmetic}"
     return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
 
 
@@ -188,7 +211,8 @@ def image_feature_statistics(
     statistics, count = feature_statistics(source, inception, batch_size, progress, desc=f"statistics {path}")
     if cached:
         save_statistics(cached, *statistics[POOL_FEATURES], count, spatial=statistics.get(SPATIAL_FEATURES),
-                        image_size=source.image_shape, extractor=extractor_identity(inception))
+                        image_size=source.image_shape, extractor=extractor_identity(inception),
+                        arithmetic=inception.arithmetic)
     return statistics
 
 
@@ -252,7 +276,8 @@ def main(argv=None):
         mu, sigma = statistics[POOL_FEATURES]
         spatial = statistics[SPATIAL_FEATURES]
         save_statistics(args.out, mu, sigma, source.num_images, features, spatial=spatial,
-                        image_size=source.image_shape, extractor=extractor_identity(inception))
+                        image_size=source.image_shape, extractor=extractor_identity(inception),
+                        arithmetic=inception.arithmetic)
         print(
             f"wrote {args.out}: mu {mu.shape}, sigma {sigma.shape}, spatial mu_s {spatial[0].shape} "
             f"over {source.num_images} images"

@@ -33,7 +33,6 @@ API (every helper also works before `setup_dist()` or after `cleanup()`, as one 
 - `sync_params(params)`: overwrite every rank's tensors with rank 0's.
 - `broadcast_object(obj)`: rank 0's picklable `obj` on every rank.
 - `all_gather_object(obj)`: the list of every rank's `obj`, in rank order.
-- `all_ranks_true(flag)`: True on every rank iff `flag` is true on every rank.
 - `load_state_dict(path, map_location=None)`: rank 0 reads `path` (local or gs://, az://
   through blobfile) and broadcasts the bytes; every rank returns `torch.load` of them.
   Must be called by every rank; an unreadable file is a one-line CheckpointError naming it.
@@ -320,14 +319,6 @@ def all_gather_object(obj):
     gathered = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def all_ranks_true(flag):
-    if get_world_size() == 1:
-        return bool(flag)
-    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_comm_device())
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
 
 
 def broadcast_bytes(data):

@@ -89,6 +89,8 @@ def fid_by_nuclear_norm(features_a, features_b):
 class FakeInception:
     """Stands in for the network where only the plumbing is tested: features are pixel statistics."""
 
+    arithmetic = "cpu float32"
+
     def __init__(self, weights_path, fail=False):
         self.weights_path = str(weights_path)
         self.fail = fail
