@@ -114,3 +114,10 @@ def test_learned_weights_figure_reads_u_beside_the_checkpoint(tiny_model_flags, 
         mine = [r for r in rows if r["run"] == run]
         np.testing.assert_allclose([float(r["weight"]) for r in mine], weight, rtol=1e-6)
     assert learned_weights.main(["--checkpoints", f"x={tmp_path / 'none.pt'}"]) == 1
+
+
+def test_retention_deletes_a_pruned_sets_weighting_file_with_it(tiny_model_flags, class_image_folder, tmp_path):
+    run = tmp_path / "run"
+    train(training_flags(tiny_model_flags, class_image_folder, run, weight_schedule="edm2", max_steps=4, keep_checkpoints=1))
+    assert sorted(p.name for p in run.glob("loss_weighting*.pt")) == ["loss_weighting000004.pt"]
+    assert not (run / "model000002.pt").exists()
