@@ -17,7 +17,9 @@ What stays untested here, and why (tests/test_cuda.py covers it on a GPU):
 - bfloat16 and float16 autocast: torch disables CUDA autocast when no CUDA is available (it warns), so
   --precision bf16 runs float32 here;
 - noise drawn on the device (--noise_device device): CUDA generators need the CUDA runtime;
-- pinned memory: `pin_memory` has no fake kernel, so it is replaced by the identity here.
+- pinned memory: `pin_memory` has no fake kernel, so it is replaced by the identity here;
+- converting a module already on the device (--channels_last): fake parameters cannot be swapped in
+  place (`module._apply` refuses), so the fast paths' layout change is left to test_cuda.
 """
 
 import numpy as np
@@ -171,3 +173,4 @@ def test_the_fid_inception_features_on_cuda(fake_cuda, tmp_path):
         pool, spatial = inception.forward(batch)
         assert pool[POOL_FEATURES].shape == (2, 2048) and pool[POOL_FEATURES].device == CUDA
         assert spatial.shape == (2, 17 * 17 * SPATIAL_CHANNELS) and spatial.device == CUDA
+
