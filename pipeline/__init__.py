@@ -5,6 +5,7 @@ import sys
 
 from . import runner, slurm
 from .plan import LAUNCHERS, Plan, PlanError, load_plan
+from .plan_check import check_plan
 from .stages import Stage, expand
 
 __all__ = ["Plan", "PlanError", "Stage", "expand", "load_plan", "reproduce"]
@@ -28,6 +29,7 @@ def reproduce(plan_path, dry_run=False, jobs=1, root=None, only=None, stream=Non
         raise PlanError(f"--nodes and --gpus_per_node lay out SLURM jobs; add --launcher slurm (the plan's is {plan.launcher})")
     plan.slurm = {**plan.slurm, **layout_given}
     stages = expand(plan)
+    check_plan(plan, stages)
     if only:
         keep = [s for s in stages if any(s.name.startswith(prefix) for prefix in only)]
         if not keep:

@@ -313,8 +313,9 @@ def load_plan(path, root=None):
         train = _merged(_table(raw, "train", path), _table(entry, "train", where))
         _check_train_table(train, where)
         sample = _merged(_table(raw, "sample", path), _table(entry, "sample", where))
-        if "num_samples" in sample and int(sample["num_samples"]) < 1:
-            raise PlanError(f"{where}: [sample] num_samples = {sample['num_samples']}; expected at least 1")
+        num_samples = sample.get("num_samples", 1)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise PlanError(f"{where}: [sample] num_samples = {num_samples!r}; expected at least 1 (a whole number)")
         samplers = _samplers(sample, where)
         foreign = sorted({r for s in samplers for r in s.runs} - run_names)
         if foreign:

@@ -9,7 +9,7 @@ The layout comes from the plan's [slurm] table, or from `reproduce.py --nodes N 
     ranks = "torchrun"      # torchrun (c10d rendezvous on the first node) | srun (one task per GPU) | mpiexec
     sample_shards = 8       # a sampling stage is an array of this many one-GPU tasks (default N x G)
     signal_seconds = 120    # SLURM warns a job this long before its time limit
-    partition = "gpu"       # any other key is an #SBATCH option, written as given
+    partition = "gpu"       # any other key is an sbatch option (SBATCH_OPTIONS)
     time = "24:00:00"
 
 Training keeps the plan's global batch (--batch_size x [plan] nproc: the paper's 8) on N x G
@@ -60,6 +60,21 @@ class Layout:
     @property
     def description(self):
         return f"--nodes {self.nodes} x --gpus_per_node {self.gpus_per_node} = "
+
+
+# The [slurm] keys that lay out the ranks (`layout`); every other key is an sbatch option.
+LAYOUT_KEYS = ("nodes", "gpus_per_node", "ranks", "sample_shards", "signal_seconds")
+# sbatch(1)'s long options that a plan may set for its jobs (written with _ or -), so that a misspelled
+# one is refused by the plan check instead of by sbatch, after the jobs were written.
+SBATCH_OPTIONS = (
+    "account", "partition", "qos", "time", "time_min", "mem", "mem_per_cpu", "mem_per_gpu", "cpus_per_task",
+    "cpus_per_gpu", "gres", "gpus", "gpus_per_task", "gpu_bind", "constraint", "exclude", "nodelist",
+    "reservation", "exclusive", "requeue", "no_requeue", "mail_type", "mail_user", "comment", "licenses",
+    "tmp", "hint", "distribution", "oversubscribe", "priority", "nice", "wckey", "cluster", "clusters",
+    "begin", "deadline", "export", "get_user_env", "propagate", "chdir", "output", "error", "open_mode",
+    "container", "network", "switches", "threads_per_core", "ntasks_per_core", "sockets_per_node",
+    "cores_per_socket", "ntasks_per_gpu", "mincpus", "core_spec", "thread_spec", "power", "profile",
+)
 
 
 def layout(plan):

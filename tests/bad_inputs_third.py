@@ -94,7 +94,7 @@ plan_case("misspelled_key_in_a_dataset_entry", 'runs = ["debias"]', 'runz = ["de
 plan_case("misspelled_key_in_a_dataset_sample_table", 'iterations = [4]', 'iterations = [4]\nsample = { num_sampels = 4 }',
           ["datasets[0]", "[sample]", "num_sampels"])
 plan_case("unknown_dataset", 'name = "embedded"', 'name = "ffhqq"\nsource = "ffhq.zip"', ["datasets[0]", "ffhqq"])
-plan_case("sample_flag_of_the_wrong_type", "batch_size = 2", 'batch_size = "two"', ["[sample]", "batch_size", "two"])
+plan_case("sample_flag_of_the_wrong_type", "num_samples = 4", 'num_samples = "four"', ["[sample]", "num_samples", "four"])
 plan_case("figure_flag_of_the_wrong_type", 'normalize = "mean"', 'normalize = "mean"\ndiffusion_steps = "many"',
           ["[figures.weight_curves]", "diffusion_steps", "many"])
 
