@@ -257,7 +257,14 @@ def open_image_source(path):
     A sampling output directory works as it is: its merged `samples_*.npz`
     when that exists, else its `batches/` folder.
     """
-    path = os.fspath(path)
+    source = _open_source(os.fspath(path))
+    if source.num_images == 0:
+        # Later every statistic of zero feature vectors fails somewhere deep (a KeyError, a NaN).
+        raise EvaluationError(f"{path!r} holds no images (its image arrays have 0 rows); expected samples or images")
+    return source
+
+
+def _open_source(path):
     if os.path.isdir(path):
         npz_names = _npz_files(path)
         if len(npz_names) == 1 and not npz_names[0].startswith("batch_"):
