@@ -119,6 +119,7 @@ def sampling_defaults():
         num_shards=1,
         device="",
         noise_device="",
+        allow_unhealthy=False,
         **dist_util.launch_flag_defaults(),
         **fast_paths.sampling_flag_defaults(),
         **samplers.SAMPLER_OPTION_DEFAULTS,

@@ -35,7 +35,7 @@ from .run.checkpoint import (
     state_dict_digest,
 )
 from .run.checkpoint_flags import parse_allowed_changes, resume_flag_changes, weighting_change
-from .run.divergence import DivergenceWatch
+from .run.divergence import DivergenceWatch, health_flag_defaults
 from .fp16_util import MixedPrecisionTrainer, fp16_fallback_note, resolve_precision
 from .image_datasets import load_data, shard_digest
 from .learned_weighting import FixedWeighting, for_training as weighting_for_training
@@ -83,6 +83,7 @@ def training_defaults():
         device="",
         **dist_util.launch_flag_defaults(),
         **fast_paths.training_flag_defaults(),
+        **health_flag_defaults(),
     )
 
 
@@ -249,7 +250,7 @@ class TrainLoop:
             seed_all(stream_seed(seed, dist_util.get_rank(), self.step))
 
         self._consecutive_nonfinite = 0
-        self.divergence = DivergenceWatch(self.mp_trainer.precision)
+        self.divergence = DivergenceWatch(self.mp_trainer.precision, flags)
         self._interval_steps = 0
         self._interval_skipped = 0
         self._interval_start = time.time()

@@ -37,6 +37,11 @@ def main(argv=None):
         loop = train(flags, given)
         is_main = dist_util.is_main()
         dist_util.cleanup()
+        unhealthy = loop.divergence.ending_line(loop.log_dir)
+        if unhealthy and not loop.stopped_by_signal:
+            if is_main:
+                print(f"image_train.py: error: {unhealthy}", file=sys.stderr, flush=True)
+            return 1
         if not loop.stopped_by_signal:
             return 0
         if is_main:

@@ -82,6 +82,10 @@ def sampling_flags(flags, given):
     if manifest is not None:
         source = bf.join(bf.dirname(model_path), checkpoint.manifest_filename(step))
         flags = flags_with_manifest(flags, given, manifest, source)
+        unhealthy = checkpoint.marked_diverged(manifest)
+        if unhealthy and not flags.get("allow_unhealthy"):
+            raise ValueError(f"--model_path {model_path}: {source} marks this checkpoint set unhealthy ({unhealthy}); "
+                             "sample a healthy checkpoint, or pass --allow_unhealthy True to sample it anyway")
     weighting.check_given_parameters(flags["weight_schedule"], given)
     return flags
 

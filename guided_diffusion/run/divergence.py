@@ -5,9 +5,11 @@ diverges keeps its last finite parameters and would go on saving sets of them th
 every later step also skips: with `--keep_checkpoints` those would push the last
 healthy set out, and `--resume_checkpoint auto` would pick them. So each manifest
 records the updates skipped since the previous save and whether the parameters are
-finite. A set is marked diverged when its parameters are not all finite, or when
-every update since the previous save was skipped and at least `DIVERGED_SKIPS` in
-a row were; the previous set then counts as diverged too, as its own parameters
+finite. The health rule: a set is unhealthy (marked diverged) when its parameters
+are not all finite, or when more than --max_skipped_fraction (default 0.5) of the
+updates since the previous save were skipped, and at least `DIVERGED_SKIPS` of them
+(fp16's loss-scale search skips ~20 at its start); the manifest records the rule.
+When every update since the previous save was skipped, the previous set counts as diverged too, as its own parameters
 gave the non-finite losses. `auto` passes over such sets, and retention keeps the
 newest set that is not one. The run
 stops, before it writes anything, when the set it is about to save is diverged
@@ -27,11 +29,30 @@ DEFAULT_DIVERGED_SKIPS = 2
 DEFAULT_STOP_SKIPS = 4
 
 
-class DivergenceWatch:
-    """Counts the updates of one process since the last save; every rank counts the same (the skip is agreed)."""
+DEFAULT_MAX_SKIPPED_FRACTION = 0.5
 
-    def __init__(self, precision):
+
+def health_flag_defaults():
+    return dict(max_skipped_fraction=DEFAULT_MAX_SKIPPED_FRACTION)
+
+
+def health_rule(fraction):
+    return (f"unhealthy when the parameters are not all finite or more than {fraction:g} of the updates since the "
+            f"previous save were skipped for a non-finite loss or gradient (--max_skipped_fraction {fraction:g})")
+
+
+class DivergenceWatch:
+    """Counts the updates of one process since the last save; every rank counts the same (the skip is agreed).
+
+    `flags` are the training flags (their --max_skipped_fraction; the default without them).
+    """
+
+    def __init__(self, precision, flags=None):
         self.precision = precision
+        self.max_skipped_fraction = float((flags or {}).get("max_skipped_fraction", DEFAULT_MAX_SKIPPED_FRACTION))
+        if not 0.0 <= self.max_skipped_fraction < 1.0:
+            raise ValueError(f"--max_skipped_fraction {self.max_skipped_fraction:g}: expected a fraction in [0, 1)")
+        self.last_health = None
         self.steps_since_save = 0
         self.skipped_since_save = 0
         self.consecutive_skipped = 0
@@ -47,21 +68,35 @@ class DivergenceWatch:
     def health(self, params, step):
         """The manifest's `health` of a set saved at `step` with `params`."""
         params_finite = all(bool(torch.isfinite(p).all()) for p in params)
-        all_skipped = self.steps_since_save > 0 and self.skipped_since_save == self.steps_since_save
+        skipped, since = self.skipped_since_save, self.steps_since_save
+        too_many = (since > 0 and skipped > self.max_skipped_fraction * since
+                    and skipped >= DIVERGED_SKIPS.get(self.precision, DEFAULT_DIVERGED_SKIPS))
         reason = None
         if not params_finite:
             reason = "the parameters are not all finite"
-        elif all_skipped and self.consecutive_skipped >= DIVERGED_SKIPS.get(self.precision, DEFAULT_DIVERGED_SKIPS):
-            reason = (f"all {self.steps_since_save} updates since step {step - self.steps_since_save} were "
-                      "skipped for a non-finite loss or gradient")
-        return dict(
+        elif too_many:
+            reason = (f"{skipped} of the {since} updates since step {step - since} were skipped for a non-finite "
+                      f"loss or gradient (more than --max_skipped_fraction {self.max_skipped_fraction:g})")
+        self.last_health = dict(
             healthy=reason is None,
             reason=reason,
+            rule=health_rule(self.max_skipped_fraction),
             params_finite=params_finite,
             steps_since_last_save=self.steps_since_save,
             skipped_updates=self.skipped_since_save,
             consecutive_skipped=self.consecutive_skipped,
+            step=step,
         )
+        return self.last_health
+
+    def ending_line(self, log_dir):
+        """The line a run must end with, non-zero, when its last saved set is unhealthy; None when it is healthy."""
+        health = self.last_health
+        if health is None or health["healthy"]:
+            return None
+        step = health["step"]
+        return (f"the last checkpoint set (step {step}, {bf.join(log_dir, manifest_filename(step))}) is unhealthy: "
+                f"{health['reason']}; {self.last_healthy_text(log_dir, step + 1)}")
 
     def last_healthy_text(self, log_dir, step):
         """Where to go back to; sets that every later update skipped count as diverged too (checkpoint.diverged_sets).

@@ -84,12 +84,17 @@ TRAINING_HELP = dict(
         "comma list of network or objective flags (diffusion_steps, noise_schedule, ...) that a resume may change "
         "from its checkpoint's, e.g. to fine-tune; the change is recorded in the new manifests (default: none, refused)"
     ),
+    max_skipped_fraction=(
+        "a checkpoint set is unhealthy when more than this fraction of the updates since the previous save were "
+        "skipped as non-finite; a run whose last set is unhealthy exits 1"
+    ),
     device=DEVICE_HELP,
     dist_timeout=DIST_TIMEOUT_HELP,
 )
 
 SAMPLING_HELP = dict(
     model_path="checkpoint to sample: model*.pt, ema_*.pt or any ADM state dict; the flags saved beside it are the defaults",
+    allow_unhealthy="sample a checkpoint whose manifest marks it unhealthy (refused by default)",
     num_samples="images in the merged samples npz",
     batch_size="images per rank per step; auto: the largest batch that fits on the GPU",
     clip_denoised="clip the predicted x0 to [-1, 1] (ddpm, ddim)",
