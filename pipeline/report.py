@@ -138,6 +138,20 @@ def setup_table(plan, paper_config="configs/ffhq.toml"):
     return "\n".join(lines)
 
 
+def unevaluated_line(ds, fid, last):
+    """A sentence naming the planned cells of the last checkpoint without a result, or '' when none is missing."""
+    missing = {}
+    for setting in ds.samplers:
+        for run in ds.runs:
+            if setting.evaluate and setting.applies_to(last, run) and (run.name, setting.sampler, setting.steps) not in fid:
+                missing.setdefault(f"{setting.sampler.upper()} T={setting.steps}", []).append(run.name)
+    if not missing:
+        return ""
+    listed = "; ".join(f"{label} for {len(names)} of {len(ds.runs)} runs" for label, names in missing.items())
+    return (f"**In progress.** Not evaluated yet at {last:,} iterations: {listed}. Running the plan again "
+            "evaluates them, and this report is rewritten from what exists.")
+
+
 def stage_times(root):
     """Seconds each stage took, from the closing line the runner appends to its log."""
     logs = os.path.join(root, "logs")
@@ -174,7 +188,7 @@ def write_report(plan_path, root, out_dir):
 
     parts = [f"# Report: plan `{plan.name}`", "", f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M} from `{plan_path}`.", ""]
     parts += [plan.report.get("intro", "").strip(), ""]
-    progress = curves.progress_line(trained, runs, last) if trained else ""
+    progress = curves.progress_line(trained, runs, last) if trained else unevaluated_line(ds, fid, last)
     if progress:
         parts += [progress, ""]
     lines = [line for (sampler, steps), by_run in sorted(trained.items()) for line in curves.curve_lines(sampler, steps, by_run, runs)]

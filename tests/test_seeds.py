@@ -129,3 +129,30 @@ def test_the_seeds_report_has_the_seed_table_and_no_bootstrap_only_verdicts(tmp_
     assert "| ddim | 25 | FID | 100.0 ± 2.0 | 120.0 ± 2.0 | 120.0 ± 2.0 | **90.0 ± 3.0** |" in text
     assert "**FID and KID** (" not in text  # the one-run-at-a-time reading is replaced by the seed-aware one
     assert "debias against constant, FID (DDIM T=25" in text
+    assert "**In progress.** Not evaluated yet at 1,000 iterations: DDPM T=100 for 12 of 12 runs." in text
+
+
+def _section_tables(text, headings):
+    """The table rows and bullet sentences under each heading that starts with one of `headings`."""
+    lines, keep = [], False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            keep = line.startswith(headings)
+        elif keep and line.startswith(("|", "- ")):
+            lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("plan, report", [("seeds.toml", "seeds"), ("seeds_4k.toml", "seeds_4k")])
+def test_the_committed_seed_reports_are_regenerated_from_their_committed_results(tmp_path, plan, report):
+    committed = os.path.join(REPO, "docs", "study", report)
+    if not os.path.exists(os.path.join(committed, "results.jsonl")):
+        pytest.skip(f"docs/study/{report} has no results.jsonl: that plan has not been run to its report yet")
+    os.makedirs(tmp_path / "work" / "results")
+    with open(os.path.join(committed, "results.jsonl")) as src, open(tmp_path / "work" / "results" / "results.jsonl", "w") as dst:
+        dst.write(src.read())
+    plan_path = os.path.join(REPO, "configs", "plans", plan)
+    text = open(write_report(plan_path, str(tmp_path / "work"), str(tmp_path / "report"))).read()
+    headings = ("## What the numbers show", "## FID and KID", "## Training seeds", "## FID over training")
+    expected = _section_tables(open(os.path.join(committed, "README.md")).read(), headings)
+    assert expected and _section_tables(text, headings) == expected
