@@ -70,3 +70,51 @@ def test_a_run_with_most_updates_skipped_ends_non_zero_and_its_set_is_not_sample
     assert len(lines) == 1 and f"{manifest} marks this checkpoint set unhealthy (8 of the 10 updates" in lines[0]
     assert "--allow_unhealthy True" in lines[0] and not out.exists()
     assert image_sample.main(sampling_argv(run / "ema_0.9999_000010.pt", out, "--allow_unhealthy", True)) == 0
+
+
+# ---- an interrupt at any point of a checkpoint save ----------------------------------------------------
+
+
+@pytest.mark.parametrize("write_number", [1, 3, 40, -1])
+def test_sigint_during_a_checkpoint_write_is_the_one_line_interrupt(tmp_path, monkeypatch, capsys, write_number):
+    """SIGINT sent from inside the writer at its Nth write (-1: during the manifest, after every .pt file)."""
+    import os
+    import signal
+
+    import torch
+
+    from guided_diffusion.run import atomic, checkpoint, job
+
+    writes = []
+    hashing_write = atomic._HashingWriter.write
+
+    def signalling_write(self, data):
+        writes.append(len(data))
+        if len(writes) == write_number:
+            os.kill(os.getpid(), signal.SIGINT)
+        return hashing_write(self, data)
+
+    monkeypatch.setattr(atomic._HashingWriter, "write", signalling_write)
+    if write_number == -1:
+        text_write = atomic.atomic_write_text
+
+        def signalling_text_write(path, text):
+            os.kill(os.getpid(), signal.SIGINT)
+            return text_write(path, text)
+
+        monkeypatch.setattr(checkpoint, "atomic_write_text", signalling_text_write)
+    state = {f"w{i}": torch.ones(1000) for i in range(20)}
+
+    def save():
+        checkpoint.save_checkpoint(str(tmp_path), 7, model_state=state, ema_states={0.9999: state}, opt_state=state,
+                                   manifest={})
+
+    assert job.run_main(save, "image_train.py") == 130
+    lines = message_lines(capsys.readouterr().err)
+    assert len(writes) >= max(write_number, 3)
+    assert len(lines) == 1 and lines[0].startswith("image_train.py: error: interrupted"), lines
+    if write_number > 0:
+        assert lines[0].startswith(f"image_train.py: error: interrupted while writing {tmp_path}/")
+        assert lines[0].endswith(".pt, which was not kept")
+    assert sorted(os.listdir(tmp_path)) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

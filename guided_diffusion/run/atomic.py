@@ -21,7 +21,9 @@ import hashlib
 import io
 import os
 import shutil
+import signal
 import tempfile
+import threading
 
 import blobfile as bf
 
@@ -263,5 +265,27 @@ def atomic_torch_save(obj, path):
 
     with atomic_open(path, "wb", size_hint=tensor_bytes(obj) or None) as f:
         writer = _HashingWriter(f)
-        torch.save(obj, writer)
+        with interrupt_after(f"while writing {path}, which was not kept"):
+            torch.save(obj, writer)
     return writer.sha256.hexdigest(), writer.size
+
+
+@contextlib.contextmanager
+def interrupt_after(detail):
+    """Hold a Ctrl-C (SIGINT) back until the block ends, then raise it as KeyboardInterrupt(detail).
+
+    torch.save turns an interrupt inside its writer into a RuntimeError ("unexpected pos ..."), which
+    would read as a bug; held back, it ends the run with the one interrupt line. Main thread only:
+    elsewhere signal handlers cannot be set, nor are they run.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt(detail)
