@@ -118,3 +118,12 @@ def test_sigint_during_a_checkpoint_write_is_the_one_line_interrupt(tmp_path, mo
         assert lines[0].endswith(".pt, which was not kept")
     assert sorted(os.listdir(tmp_path)) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_json_file_as_model_path_is_one_line_without_torchs_advice(tmp_path, capsys):
+    manifest = tmp_path / "checkpoint000004.json"
+    manifest.write_text('{"step": 4}\n')
+    assert image_sample.main(sampling_argv(manifest, tmp_path / "out")) == 1
+    lines = message_lines(capsys.readouterr().err)
+    assert lines == [f"image_sample.py: error: checkpoint {manifest}: not a readable PyTorch file "
+                     "(UnpicklingError: its content is not a saved state dict of tensors)"], lines

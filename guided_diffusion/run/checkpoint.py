@@ -176,6 +176,8 @@ def load_state_bytes(data, path, map_location="cpu", weights_only=True):
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
     except Exception as e:  # torch raises zip, pickle and runtime errors alike for a bad file
         reason = (str(e).strip().splitlines() or [""])[0]
+        if "weights_only" in str(e):  # torch's advice to load it with weights_only=False; it is not a checkpoint
+            reason = "its content is not a saved state dict of tensors"
         raise CheckpointError(f"checkpoint {path}: not a readable PyTorch file ({type(e).__name__}: {reason})") from None
 
 
