@@ -10,6 +10,7 @@ value of the wrong type, is refused here with the section it came from.
 import contextlib
 import importlib
 import io
+import sys
 
 try:
     import tomllib
@@ -18,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
 
 from guided_diffusion.run.command_line import CommandLineRefused, Parsed, parse_only
 
+from .launch import REPO_ROOT
 from .plan import PlanError
 from .slurm import LAYOUT_KEYS, SBATCH_OPTIONS
 
@@ -83,6 +85,10 @@ def check_stage_command_lines(plan, stages):
     for stage in stages:
         where, section = _origin(plan, stage)
         module = stage.argv[1]
+        # Stages run their module from the checkout (`python -m scripts.image_train`), so it is looked up there
+        # too when this process was started as `python scripts/reproduce.py`.
+        if REPO_ROOT not in sys.path:
+            sys.path.append(REPO_ROOT)
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as missing:
