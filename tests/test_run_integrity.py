@@ -12,6 +12,7 @@ import pytest
 from evaluations import fid as fid_cli
 from evaluations import ref_stats
 from guided_diffusion.run import checkpoint, sample_store
+from guided_diffusion.run.divergence import health_rule
 from guided_diffusion.run.retention import steps_to_delete
 from guided_diffusion.run.sample_store import RUN_FILE, read_batch_identity
 from scripts import image_sample, image_train
@@ -58,16 +59,21 @@ def test_a_diverging_run_stops_keeps_its_healthy_set_and_auto_resumes_from_it(ma
     assert not list(run.glob("*000010*"))
     diverged = manifest(run, 8)["health"]
     assert diverged["healthy"] is False and diverged["skipped_updates"] == 2
-    assert checkpoint.marked_diverged(manifest(run, 8)) == "all 2 updates since step 6 were skipped for a non-finite loss or gradient"
+    assert checkpoint.marked_diverged(manifest(run, 8)) == (
+        "2 of the 2 updates since step 6 were skipped for a non-finite loss or gradient (more than "
+        "--max_skipped_fraction 0.5)"
+    )
 
     point = checkpoint.resolve_resume_checkpoint("auto", str(run))
     assert point.step == 4
-    assert point.note == ("--resume_checkpoint auto: skipped step 8 (diverged: all 2 updates since step 6 were "
-                          "skipped for a non-finite loss or gradient); resuming from step 4")
+    assert point.note == ("--resume_checkpoint auto: skipped step 8 (diverged: 2 of the 2 updates since step 6 were "
+                          "skipped for a non-finite loss or gradient (more than --max_skipped_fraction 0.5)); "
+                          "resuming from step 4")
     assert image_train.main(training_argv(materials.data, run, "--resume_checkpoint", "auto")) == 0
     capsys.readouterr()
     assert manifest(run, 6)["health"] == dict(
         healthy=True, reason=None, params_finite=True, steps_since_last_save=2, skipped_updates=0, consecutive_skipped=0,
+        step=6, rule=health_rule(0.5),
     )
 
 
@@ -79,7 +85,7 @@ def test_a_fresh_run_that_diverges_at_once_has_no_healthy_set_to_name(materials,
         "training diverged at step 6: the last 4 updates were all skipped for a non-finite loss or gradient; nothing "
         "was saved for step 6; no healthy checkpoint is in the log dir; lower --lr and start afresh"
     )
-    with pytest.raises(checkpoint.CheckpointError, match=r"no usable checkpoint .* step 4 \(diverged: all 2 updates since step 2"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"no usable checkpoint .* step 4 \(diverged: 2 of the 2 updates since step 2"):
         checkpoint.resolve_resume_checkpoint("auto", str(run))
 
 
