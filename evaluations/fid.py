@@ -53,7 +53,7 @@ from .ref_stats import (
     statistics_image_size,
 )
 from .registry import ADM_DEFAULTS, DEFAULT_RESULTS, append_result
-from .run_metadata import fields_from_run_files
+from .run_metadata import fields_from_run_files, unhealthy_checkpoint
 from .sources import open_image_source
 from guided_diffusion.run.command_line import ArgumentParser
 
@@ -287,11 +287,28 @@ def main(argv=None):
     return job.run_main(lambda: evaluate_and_record(args), prog=None, exit_code=2)
 
 
+# Registry fields given as flags: (the least value, what it counts).
+FIELD_MINIMA = {"train_seed": (0, "a training seed"), "iterations": (0, "training iterations"),
+                "steps": (1, "sampling steps")}
+
+
+def check_given_fields(args):
+    for name, (least, what) in FIELD_MINIMA.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise EvaluationError(f"--{name} {value}: expected {what}, {least} or more")
+
+
 def evaluate_and_record(args):
     """Evaluate, print, then write --metrics_out and append to --results; a failure leaves neither."""
+    check_given_fields(args)
     for flag, path in (("--metrics_out", args.metrics_out), ("--results", args.results)):
         if path:
             check_writable(path, flag)
+    unhealthy = unhealthy_checkpoint(args.samples)
+    if unhealthy:
+        log.warning("warning: --samples %s come from a checkpoint its training manifest marks unhealthy (%s); "
+                    "their metrics describe a diverged run", args.samples, unhealthy)
     metrics = evaluate(
         args.samples,
         args.ref,

@@ -24,17 +24,32 @@ def sidecar_paths(samples_path):
     return [os.path.join(os.path.dirname(samples_path), SUMMARY_FILE)]
 
 
-def fields_from_run_files(samples_path):
-    """The "run" record of the first readable sampling.json found for `samples_path`, or {}."""
+def _sampling_records(samples_path):
+    """The readable sampling.json records found for `samples_path`, nearest first."""
     for candidate in sidecar_paths(samples_path):
         if not os.path.isfile(candidate):
             continue
         try:
             with open(candidate) as f:
-                record = json.load(f).get("run")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+                record = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             log.warning("ignoring %s: %s", candidate, err)
             continue
         if isinstance(record, dict):
-            return {key: value for key, value in record.items() if value is not None}
+            yield record
+
+
+def unhealthy_checkpoint(samples_path):
+    """Why the checkpoint `samples_path` were drawn from is marked unhealthy (per its sampling.json), or None."""
+    for record in _sampling_records(samples_path):
+        return record.get("checkpoint_unhealthy")
+    return None
+
+
+def fields_from_run_files(samples_path):
+    """The "run" record of the first readable sampling.json found for `samples_path`, or {}."""
+    for record in _sampling_records(samples_path):
+        run = record.get("run")
+        if isinstance(run, dict):
+            return {key: value for key, value in run.items() if value is not None}
     return {}

@@ -9,6 +9,7 @@ dpm_solver` and `--sampler unipc` (`paper_dpm_solver`, `paper_unipc`).
 """
 
 import dataclasses
+import math
 
 from .respace import space_timesteps
 from .solvers import fast_samplers
@@ -183,8 +184,17 @@ def _check_fast_sampler(flags):
 register_sampler(
     "ddpm", _ddpm, options=("clip_denoised",), summary="ADM's ancestral sampler on the --timestep_respacing steps"
 )
+def _check_ddim(flags):
+    # sigma_t = eta * sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) (Song et al. 2021, eq. 16): eta = 1
+    # is DDPM's variance, and past it sigma_t^2 can exceed 1 - abar_prev, the variance the step has to give.
+    eta = flags["eta"]
+    if not (math.isfinite(eta) and 0 <= eta <= 1):
+        raise ValueError(f"--eta {eta}: expected a number from 0 (deterministic DDIM) to 1 (DDPM's noise)")
+
+
 register_sampler(
-    "ddim", _ddim, options=("clip_denoised", "eta"), respacing_prefix="ddim", summary="DDIM (ADM's --use_ddim True)"
+    "ddim", _ddim, options=("clip_denoised", "eta"), check=_check_ddim, respacing_prefix="ddim",
+    summary="DDIM (ADM's --use_ddim True)",
 )
 _FAST_OPTION_DEFAULTS = dict(solver_order=3, skip_type="logSNR", unipc_variant="bh2")
 _FAST_OPTION_HELP = dict(

@@ -529,6 +529,8 @@ def finish(flags, checkpoint_sha256, world_size, images_sampled, sample_seconds,
         sampler=flags["sampler"],
         timestep_respacing=flags["timestep_respacing"],
         run=run_record(flags, checkpoint_sha256, method),
+        # Why the training manifest marks the checkpoint unhealthy (sampled under --allow_unhealthy), else null.
+        checkpoint_unhealthy=checkpoint.marked_diverged(checkpoint.manifest_beside(flags["model_path"])),
         image_flags=image_defining_flags(flags, checkpoint_sha256, method),
         npz=os.path.basename(npz_path),
         world_size=world_size,

@@ -1,6 +1,7 @@
 """ADM's flag set and factories, plus TOML configs; shared by every script."""
 
 import argparse
+import math
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser as a package
@@ -182,6 +183,9 @@ def check_model_flags(flags):
     by create_model for every other caller.
     """
     image_size, num_channels = flags["image_size"], flags["num_channels"]
+    dropout = flags.get("dropout", 0.0)
+    if not (math.isfinite(dropout) and 0 <= dropout < 1):
+        raise ValueError(f"--dropout {dropout}: expected a probability in [0, 1)")
     if image_size < 1:
         raise ValueError(f"--image_size {image_size}: must be positive")
     if num_channels < 1:
@@ -243,7 +247,7 @@ def create_model(
     use_new_attention_order=False,
 ):
     check_model_flags(dict(image_size=image_size, num_channels=num_channels, channel_mult=channel_mult,
-                           attention_resolutions=attention_resolutions))
+                           attention_resolutions=attention_resolutions, dropout=dropout))
     return UNetModel(
         image_size=image_size,
         in_channels=3,

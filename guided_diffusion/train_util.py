@@ -42,6 +42,7 @@ from .learned_weighting import FixedWeighting, for_training as weighting_for_tra
 from .nn import update_ema
 from .resample import LossAwareSampler, UniformSampler, check_schedule_sampler, create_named_schedule_sampler
 from .run.retention import check_retention_flags, prune_checkpoints
+from .run.training_flags import check_training_flag_values
 from .script_util import check_model_and_diffusion_flags, create_model_and_diffusion, model_and_diffusion_defaults
 from .run.timestep_metrics import TimestepBinErrors
 from .weighting import check_given_parameters
@@ -169,16 +170,9 @@ class TrainLoop:
         allow_changed_flags=_FLAG_DEFAULTS["allow_changed_flags"],
         learned_weighting=None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"--batch_size must be at least 1, got {batch_size}")
-        if microbatch > batch_size:
-            raise ValueError(f"--microbatch {microbatch} exceeds --batch_size {batch_size}")
-        for name, value in (("log_interval", log_interval), ("save_interval", save_interval)):
-            if value < 1:
-                raise ValueError(f"--{name} must be at least 1, got {value}")
-        for name, value in (("max_steps", max_steps), ("lr_anneal_steps", lr_anneal_steps)):
-            if value < 0:
-                raise ValueError(f"--{name} must be 0 (no limit) or positive, got {value}")
+        check_training_flag_values(dict(
+            batch_size=batch_size, microbatch=microbatch, lr=lr, weight_decay=weight_decay, log_interval=log_interval,
+            save_interval=save_interval, max_steps=max_steps, lr_anneal_steps=lr_anneal_steps, seed=seed))
         check_retention_flags(keep_checkpoints, keep_every)
         self.model = model
         self.diffusion = diffusion
@@ -526,9 +520,14 @@ def train(flags, given=()):
     check_model_and_diffusion_flags(flags)
     check_resume_file_name(flags["resume_checkpoint"])
     parse_allowed_changes(flags["allow_changed_flags"])
+    check_training_flag_values(flags)
+    parse_ema_rates(flags["ema_rate"])
+    check_retention_flags(flags["keep_checkpoints"], flags["keep_every"])
     rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
     log_dir = dist_util.broadcast_object(flags["log_dir"] or logger.default_log_dir())
-    with run_lock.hold(log_dir, "--log_dir", enabled=rank == 0, clean=remove_stale_temps_of_checkpoints) as lock:
+    with run_lock.removed_when_refused(log_dir, enabled=rank == 0), run_lock.hold(
+        log_dir, "--log_dir", enabled=rank == 0, clean=remove_stale_temps_of_checkpoints
+    ) as lock:
         logger.configure(log_dir, rank=rank)
         try:
             for note in lock.notes if lock else []:
@@ -552,8 +551,6 @@ _LOOP_FLAGS = (
 def _train(flags, log_dir, rank, world_size, parameters_note, stop_signals):
     precision = resolve_precision(flags["precision"], flags["use_fp16"], dist_util.dev().type)
     fast_path_options = fast_paths.FastPathOptions.from_flags(flags, dist_util.dev().type)
-    parse_ema_rates(flags["ema_rate"])
-    check_retention_flags(flags["keep_checkpoints"], flags["keep_every"])
     for note in (parameters_note, fp16_fallback_note(flags["precision"], flags["use_fp16"], precision)):
         if note:
             logger.log(note)

@@ -198,3 +198,81 @@ def tables_value_of_the_wrong_type(m, d, hold):
 @case(REPRODUCE)
 def reproduce_jobs_is_zero(m, d, hold):
     return [str(REPO / "configs" / "plans" / "demo.toml"), "--dry-run", "--jobs", "0"], ["--jobs", "0"]
+
+
+# ---- values outside their range: the flag and its range, never a library's message ----------------------
+
+
+@case(TRAIN)
+def train_lr_negative_in_scientific_notation(m, d, hold):
+    return training_argv(m.data, d / "run", "--lr", "-1e-3"), ["--lr -0.001", "above 0"]
+
+
+@case(TRAIN)
+def train_lr_is_zero(m, d, hold):
+    return training_argv(m.data, d / "run", "--lr", "0"), ["--lr 0.0", "above 0"]
+
+
+@case(TRAIN)
+def train_weight_decay_negative(m, d, hold):
+    return training_argv(m.data, d / "run", "--weight_decay", "-1"), ["--weight_decay -1.0", "0 or above"]
+
+
+@case(TRAIN)
+def train_dropout_above_one(m, d, hold):
+    return training_argv(m.data, d / "run", "--dropout", "1.5"), ["--dropout 1.5", "[0, 1)"]
+
+
+@case(TRAIN)
+def train_seed_negative(m, d, hold):
+    return training_argv(m.data, d / "run", "--seed", "-1"), ["--seed -1", "from 0"]
+
+
+@case(TRAIN)
+def train_num_workers_negative(m, d, hold):
+    return training_argv(m.data, d / "run", "--num_workers", "-1"), ["--num_workers -1", "0"]
+
+
+@case(TRAIN)
+def train_microbatch_below_adms_off_value(m, d, hold):
+    return training_argv(m.data, d / "run", "--microbatch", "-2"), ["--microbatch -2", "-1 or 0"]
+
+
+@case(SAMPLE)
+def sample_ddim_eta_negative(m, d, hold):
+    return sampling_argv(m.model, d / "out", "--sampler", "ddim", "--eta", "-1"), ["--eta -1.0", "from 0"]
+
+
+@case(SAMPLE)
+def sample_dropout_above_one(m, d, hold):
+    return sampling_argv(m.model, d / "out", "--dropout", "2"), ["--dropout 2.0", "[0, 1)"]
+
+
+@case(FID)
+def fid_iterations_negative(m, d, hold):
+    from tests.bad_inputs_more import fid_argv
+
+    return fid_argv(d, "--iterations", "-5", samples=m.samples, ref=m.stats), ["--iterations -5", "0 or more"]
+
+
+@case(FID)
+def fid_train_seed_negative(m, d, hold):
+    from tests.bad_inputs_more import fid_argv
+
+    return fid_argv(d, "--train_seed", "-1", samples=m.samples, ref=m.stats), ["--train_seed -1", "0 or more"]
+
+
+@case(FID)
+def fid_steps_zero(m, d, hold):
+    from tests.bad_inputs_more import fid_argv
+
+    return fid_argv(d, "--steps", "0", samples=m.samples, ref=m.stats), ["--steps 0", "1 or more"]
+
+
+# ---- a run refused at set-up leaves no log dir ---------------------------------------------------------
+
+
+@case(TRAIN)
+def train_data_dir_without_images_leaves_no_log_dir(m, d, hold):
+    (d / "empty").mkdir()
+    return training_argv(d / "empty", d / "run"), ["contains no images"]

@@ -96,6 +96,10 @@ def test_bad_input_ends_in_one_line_naming_the_culprit(case, materials, tmp_path
     assert all(culprit in lines[0] for culprit in culprits), (culprits, lines[0])
     new_outputs = sorted(name for name in after - before if Path(name).name not in LOG_FILES and not any(fnmatch.fnmatch(name, pattern) for pattern in case.may_leave))
     assert new_outputs == [], new_outputs
+    # A run refused before its first logged step takes its set-up log with the log dir it made.
+    new_logs = sorted(name for name in after - before if Path(name).name in LOG_FILES
+                      and not any(fnmatch.fnmatch(name, pattern) for pattern in case.may_leave))
+    assert new_logs == [], new_logs
     rewritten = sorted(name for name, state in states.items() if changed.get(name) != state)
     assert rewritten == [], rewritten
 

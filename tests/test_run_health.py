@@ -8,6 +8,7 @@ import pytest
 from guided_diffusion import train_util
 from guided_diffusion.run import host_sync
 from guided_diffusion.run.divergence import DivergenceWatch
+from evaluations import fid as fid_cli
 from scripts import image_sample, image_train
 from tests.bad_inputs import message_lines, sampling_argv, training_argv, write_images
 
@@ -41,7 +42,7 @@ def test_the_fraction_is_a_flag():
         DivergenceWatch("fp32", {"max_skipped_fraction": 1.0})
 
 
-def test_a_run_with_most_updates_skipped_ends_non_zero_and_its_set_is_not_sampled(tmp_path, monkeypatch, capsys):
+def test_a_run_with_most_updates_skipped_ends_non_zero_and_its_set_is_not_sampled(tmp_path, monkeypatch, capsys, caplog):
     decide = host_sync.step_decision
     updates = []
 
@@ -70,6 +71,18 @@ def test_a_run_with_most_updates_skipped_ends_non_zero_and_its_set_is_not_sample
     assert len(lines) == 1 and f"{manifest} marks this checkpoint set unhealthy (8 of the 10 updates" in lines[0]
     assert "--allow_unhealthy True" in lines[0] and not out.exists()
     assert image_sample.main(sampling_argv(run / "ema_0.9999_000010.pt", out, "--allow_unhealthy", True)) == 0
+    recorded = json.loads((out / "sampling.json").read_text())["checkpoint_unhealthy"]
+    assert recorded.startswith("8 of the 10 updates since step 0 were skipped")
+
+    # Evaluating those samples says so, in one line before the metrics.
+    monkeypatch.setattr(fid_cli, "evaluate", lambda *args, **kwargs: dict(
+        num_samples=2, fid=1.0, fid_std=None, sfid=None, **{"is": None}, is_std=None, kid=None, kid_std=None,
+        precision=None, recall=None, inception_weights="stand-in", missing={}))
+    samples = next(out.glob("samples_*.npz"))
+    caplog.clear()
+    assert fid_cli.main(["--samples", str(samples), "--ref", str(samples), "--results", "", "--cache_dir", ""]) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [f"warning: --samples {samples} come from a checkpoint its training manifest marks unhealthy "
+                     f"({recorded}); their metrics describe a diverged run"]
 
 
 # ---- an interrupt at any point of a checkpoint save ----------------------------------------------------

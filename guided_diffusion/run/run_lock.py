@@ -23,6 +23,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 
@@ -146,3 +147,30 @@ def hold(directory, flag="directory", enabled=True, clean=None, name=LOCK_NAME):
     finally:
         if lock is not None:
             lock.release()
+
+
+# What a run writes before its first logged step: the lock and the logger's text log (progress.csv still empty).
+SET_UP_FILES = (LOCK_NAME, "log.txt", "progress.csv")
+
+
+def _holds_only_set_up(directory):
+    entries = list(os.scandir(directory))
+    return all(e.is_file(follow_symlinks=False) and e.name in SET_UP_FILES for e in entries) and not any(
+        e.name == "progress.csv" and e.stat().st_size > 0 for e in entries)
+
+
+@contextlib.contextmanager
+def removed_when_refused(directory, enabled=True):
+    """Remove `directory` when the block raises, if the block created it and it holds only a run's set-up files.
+
+    A run refused at set-up (bad data, a checkpoint that does not fit) then leaves no log dir
+    for the next run or the user to mistake for a started one; the refusal itself is on stderr.
+    A directory that existed before, or that got a logged step or a checkpoint, is kept.
+    """
+    created_here = enabled and not is_remote(directory) and not os.path.exists(directory)
+    try:
+        yield
+    except BaseException:
+        if created_here and os.path.isdir(directory) and _holds_only_set_up(directory):
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
