@@ -9,7 +9,7 @@ TOOLS := .venv-tools
 LATEST := .venv-latest
 FAST_TESTS := -m "not slow and not mpi and not cuda"
 
-.PHONY: install install-cuda gpu-check test test-fast test-cuda demo study seeds lock check-latest clean
+.PHONY: install install-cuda gpu-check test test-fast test-cuda demo study seeds weightings lock check-latest clean
 
 # Exact versions with hashes (requirements.lock), so that a clone installs the same packages next month.
 $(STAMP): requirements.lock pyproject.toml
@@ -70,6 +70,12 @@ seeds: $(STAMP)
 	$(PY) scripts/reproduce.py configs/plans/seeds_4k.toml --jobs 2
 	@echo "reports: docs/study/seeds/README.md, docs/study/seeds_4k/README.md"
 
+# The field's weightings and noise-level densities beside the paper's: seven objectives at the demo's
+# setting to 2,000 iterations, DDIM-25 and DDPM-100 (about 1 hour on 2 cores; resumable like the study).
+weightings: $(STAMP)
+	$(PY) scripts/reproduce.py configs/plans/weightings.toml --jobs 2
+	@echo "report: docs/weightings_study/README.md"
+
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
@@ -95,4 +101,4 @@ check-latest: $(TOOLS)/bin/uv
 	rm -rf $(LATEST)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) $(LATEST) build *.egg-info work/demo reports/demo work/study work/seeds
+	rm -rf $(VENV) $(TOOLS) $(LATEST) build *.egg-info work/demo reports/demo work/study work/seeds work/weightings
