@@ -71,7 +71,8 @@ seeds: $(STAMP)
 	@echo "reports: docs/study/seeds/README.md, docs/study/seeds_4k/README.md"
 
 # The field's weightings and noise-level densities beside the paper's: seven objectives at the demo's
-# setting to 2,000 iterations, DDIM-25 and DDPM-100 (about 1 hour on 2 cores; resumable like the study).
+# setting to 4,000 iterations, DDIM-25 and DDPM-100 at 2,000 and 4,000 (about 2 hours on 2 cores;
+# resumable like the study).
 weightings: $(STAMP)
 	$(PY) scripts/reproduce.py configs/plans/weightings.toml --jobs 2
 	@echo "report: docs/weightings_study/README.md"

@@ -26,11 +26,11 @@ def test_the_plan_sets_the_papers_weighting_beside_the_fields_at_the_demos_size(
     (dataset,) = plan.datasets
     assert [run.name for run in dataset.runs] == RUNS
     assert dataset.config.endswith("configs/demo.toml") and dataset.name == "embedded"
-    assert dataset.iterations == [2000] and dataset.train["max_steps"] == 2000
+    assert dataset.iterations == [2000, 4000] and dataset.train["max_steps"] == 4000
     stages = {s.name for s in expand(plan)}
     for run in RUNS:
         for cell in ("ddim25", "ddpm100"):
-            assert f"evaluate/embedded/{run}/002000/{cell}" in stages
+            assert {f"evaluate/embedded/{run}/{step}/{cell}" for step in ("002000", "004000")} <= stages
     assert "figure/learned_weights" in stages and plan.report["out"] == "docs/weightings_study"
 
 
