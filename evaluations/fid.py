@@ -292,16 +292,25 @@ FIELD_MINIMA = {"train_seed": (0, "a training seed"), "iterations": (0, "trainin
                 "steps": (1, "sampling steps")}
 
 
-def check_given_fields(args):
+def check_flag_values(args):
+    if args.bootstrap != 0 and args.bootstrap < 2:
+        raise EvaluationError(f"--bootstrap {args.bootstrap}: expected 0 (none) or at least 2 replicates")
+    if args.batch_size < 1:
+        raise EvaluationError(f"--batch_size {args.batch_size}: expected at least 1")
     for name, (least, what) in FIELD_MINIMA.items():
         value = getattr(args, name)
         if value is not None and value < least:
             raise EvaluationError(f"--{name} {value}: expected {what}, {least} or more")
 
 
+def check_command_line(argv):
+    """Raise EvaluationError for a flag value the evaluation would refuse; reads no file (the plan check asks it)."""
+    check_flag_values(build_parser().parse_args(argv))
+
+
 def evaluate_and_record(args):
     """Evaluate, print, then write --metrics_out and append to --results; a failure leaves neither."""
-    check_given_fields(args)
+    check_flag_values(args)
     for flag, path in (("--metrics_out", args.metrics_out), ("--results", args.results)):
         if path:
             check_writable(path, flag)

@@ -502,12 +502,11 @@ class TrainLoop:
         self.divergence.saved()
 
 
-def train(flags, given=()):
-    """Train from a dict of `image_train_defaults()` flags; call after `dist_util.setup_dist()`.
+def check_training_flags(flags, given=()):
+    """(the flags completed from the defaults, the note on given schedule parameters); raises on a bad value.
 
-    `given` names the flags the user set (command line or config): a schedule
-    parameter among them that the schedule does not read is refused.
-    Returns the finished TrainLoop.
+    `given` names the flags the user set (command line or config): a schedule parameter among them that
+    the schedule does not read is refused. Needs no model, data, device or log dir (a plan check runs it).
     """
     defaults = image_train_defaults()
     unknown = sorted(set(flags) - set(defaults))
@@ -515,14 +514,20 @@ def train(flags, given=()):
         raise ValueError(f"unknown training flag(s): {', '.join(unknown)}")
     flags = {**defaults, **flags}
     parameters_note = check_given_parameters(flags["weight_schedule"], given)
-    check_schedule_sampler(flags["schedule_sampler"])  # before the log directory is claimed
-    # Refused before the log dir is locked or written: these need no model, data or checkpoint.
+    check_schedule_sampler(flags["schedule_sampler"])
     check_model_and_diffusion_flags(flags)
     check_resume_file_name(flags["resume_checkpoint"])
     parse_allowed_changes(flags["allow_changed_flags"])
     check_training_flag_values(flags)
     parse_ema_rates(flags["ema_rate"])
     check_retention_flags(flags["keep_checkpoints"], flags["keep_every"])
+    return flags, parameters_note
+
+
+def train(flags, given=()):
+    """Train from a dict of `image_train_defaults()` flags (see check_training_flags); call after
+    `dist_util.setup_dist()`. Returns the finished TrainLoop."""
+    flags, parameters_note = check_training_flags(flags, given)
     rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
     log_dir = dist_util.broadcast_object(flags["log_dir"] or logger.default_log_dir())
     with run_lock.removed_when_refused(log_dir, enabled=rank == 0), run_lock.hold(

@@ -4,7 +4,8 @@ Every key of [plan], [report], [slurm] and of each [[datasets]] entry is one the
 each dataset to prepare is one datasets/ knows; and every stage's command line is one its script
 takes, asked of the script's own parser (`command_line.parse_only`), so a key of [prepare],
 [sample], [evaluate] (and its ref_flags) or [figures.NAME] that becomes a flag no script has, or a
-value of the wrong type, is refused here with the section it came from.
+value of the wrong type, is refused here with the section it came from. Training, sampling and
+evaluation also check their values (`check_command_line`), so a value outside its range is too.
 """
 
 import contextlib
@@ -80,8 +81,24 @@ def refusal(module, argv):
     return " | ".join(line for line in said.getvalue().splitlines() if line.strip()) or "it ended before parsing"
 
 
+def refused_value(module, argv):
+    """Why `module` would refuse a value of `argv` that its parser takes (a negative --lr, --bootstrap 1), or None.
+
+    Asked of the entry points that define `check_command_line(argv)`, a check of the values that reads no
+    data and runs nothing."""
+    check = getattr(importlib.import_module(module), "check_command_line", None)
+    if check is None:
+        return None
+    try:
+        check(list(argv))
+    except ValueError as refused:
+        return str(refused)
+    return None
+
+
 def check_stage_command_lines(plan, stages):
-    """Refuse a stage whose script would refuse its command line (an unknown flag, a value of the wrong type)."""
+    """Refuse a stage whose script would refuse its command line (an unknown flag, a value of the wrong type or,
+    where the script can say so without running, out of its range)."""
     for stage in stages:
         where, section = _origin(plan, stage)
         module = stage.argv[1]
@@ -95,7 +112,7 @@ def check_stage_command_lines(plan, stages):
             if missing.name != module:
                 raise
             raise PlanError(f"{where}: {section}: no script {module} (script names a module of scripts/analysis)") from None
-        why = refusal(module, stage.argv[2:])
+        why = refusal(module, stage.argv[2:]) or refused_value(module, stage.argv[2:])
         if why is not None:
             raise PlanError(f"{where}: {section} is passed to python -m {module}, which refuses it: {why}")
 

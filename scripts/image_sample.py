@@ -30,6 +30,11 @@ def parse_flags(argv):
     return parse_command_line(argv)[0]
 
 
+def check_command_line(argv):
+    """Raise ValueError for a value sampling would refuse; runs nothing (the plan check asks it)."""
+    sampling.prepare_run(checkpoint_flags.sampling_flags(*parse_command_line(argv)))
+
+
 def main(argv=None):
     def run():
         flags = checkpoint_flags.sampling_flags(*parse_command_line(sys.argv[1:] if argv is None else argv))

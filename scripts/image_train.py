@@ -12,7 +12,7 @@ import sys
 from guided_diffusion import dist_util
 from guided_diffusion.run import flag_help, job, preemption
 from guided_diffusion.script_util import create_argparser, parse_flags_and_given
-from guided_diffusion.train_util import TrainingError, image_train_defaults, train
+from guided_diffusion.train_util import TrainingError, check_training_flags, image_train_defaults, train
 
 # The [sample] table of a dataset config belongs to scripts/image_sample.py.
 TRAINING_CONFIG_SECTIONS = ("model", "diffusion", "train")
@@ -28,6 +28,11 @@ def parse_command_line(argv):
 def parse_flags(argv):
     """The training flags of a command line."""
     return parse_command_line(argv)[0]
+
+
+def check_command_line(argv):
+    """Raise ValueError for a value training would refuse; runs nothing (the plan check asks it)."""
+    check_training_flags(*parse_command_line(argv))
 
 
 def main(argv=None):
